@@ -1,0 +1,1 @@
+"""Domain logic of incident-bot. Nothing in this package imports Slack libraries."""

@@ -1,0 +1,1 @@
+"""SQLAlchemy models, sessions, queries and Alembic migrations."""

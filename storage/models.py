@@ -1,0 +1,279 @@
+"""Typed SQLAlchemy 2.x models. Every instant is stored as timezone-aware UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Always hands back aware UTC datetimes, including on SQLite, which keeps no zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; store aware UTC instants only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class IncidentSequence(Base):
+    """Per-day counter behind `INCIDENT-YYYYMMDD-NNN`; incremented with one atomic upsert."""
+
+    __tablename__ = "incident_sequences"
+    day: Mapped[str] = mapped_column(String(8), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    __table_args__ = (UniqueConstraint("day", "seq", name="uq_incident_day_seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(40), unique=True, nullable=False)
+    day: Mapped[str] = mapped_column(String(8), nullable=False)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    title: Mapped[str] = mapped_column(Text, nullable=False)
+    severity: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="investigating")
+    service: Mapped[str | None] = mapped_column(String(200))
+    channel_id: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    announcement_ts: Mapped[str | None] = mapped_column(String(32))
+    opened_by: Mapped[str] = mapped_column(String(32), nullable=False)
+    opened_at: Mapped[datetime] = mapped_column(nullable=False)
+    meeting_at: Mapped[datetime] = mapped_column(nullable=False)
+    # Milestones: the moments the post-mortem measures (never inferred from updated_at).
+    deployed_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    detected_at: Mapped[datetime | None]
+    rollback_at: Mapped[datetime | None]
+    recovered_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+    root_cause: Mapped[str | None] = mapped_column(Text)
+    conclusion: Mapped[str | None] = mapped_column(Text)
+    checklist_ts: Mapped[str | None] = mapped_column(String(32))
+    announcement_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+
+    events: Mapped[list[TimelineEvent]] = relationship(back_populates="incident", lazy="raise")
+
+    @property
+    def thread_ts(self) -> str | None:
+        return self.announcement_ts
+
+    @property
+    def is_open(self) -> bool:
+        return self.status not in ("resolved", "cancelled")
+
+
+class TimelineEvent(Base):
+    __tablename__ = "timeline_events"
+    # One event per Slack message per incident: Slack retries and double pins hit this, not an in-memory set.
+    __table_args__ = (
+        UniqueConstraint("incident_id", "slack_channel", "slack_ts", name="uq_event_message"),
+        Index("ix_event_incident_time", "incident_id", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # message | system | pin | milestone
+    occurred_at: Mapped[datetime] = mapped_column(nullable=False)
+    author_id: Mapped[str | None] = mapped_column(String(32))
+    author_name: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    slack_channel: Mapped[str | None] = mapped_column(String(32))
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    highlighted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    data: Mapped[dict[str, Any] | None]
+    edited_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+
+    incident: Mapped[Incident] = relationship(back_populates="events", lazy="raise")
+
+
+class EventPin(Base):
+    """Who pinned a message, so only the last 📌 removed takes it off the timeline."""
+
+    __tablename__ = "event_pins"
+    __table_args__ = (UniqueConstraint("event_id", "user_id", name="uq_pin_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("timeline_events.id", ondelete="CASCADE"), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+
+
+class RoleAssignment(Base):
+    __tablename__ = "role_assignments"
+    __table_args__ = (UniqueConstraint("incident_id", "role", name="uq_role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    role: Mapped[str] = mapped_column(String(32), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    assigned_by: Mapped[str | None] = mapped_column(String(32))
+    assigned_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+
+
+class Reminder(Base):
+    """A scheduled post. Delivery claims the row atomically, so restarts and replicas never double it."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "kind", "action_item_id", name="uq_reminder_kind"),
+        Index("ix_reminder_due", "sent_at", "cancelled_at", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    action_item_id: Mapped[int | None] = mapped_column(ForeignKey("action_items.id", ondelete="CASCADE"))
+    due_at: Mapped[datetime] = mapped_column(nullable=False)
+    sent_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    late: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+
+
+class Why(Base):
+    __tablename__ = "whys"
+    __table_args__ = (UniqueConstraint("incident_id", "position", name="uq_why_position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    author_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+
+
+class ActionItem(Base):
+    __tablename__ = "action_items"
+    __table_args__ = (Index("ix_action_incident", "incident_id", "priority"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    priority: Mapped[str] = mapped_column(String(2), nullable=False)
+    task: Mapped[str] = mapped_column(Text, nullable=False)
+    owner_id: Mapped[str | None] = mapped_column(String(32))
+    due_at: Mapped[datetime | None]
+    impact: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="open")  # open | in_progress | done
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    done_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+
+
+class Note(Base):
+    """Lessons learned and recurrence-prevention items, in the order they were given."""
+
+    __tablename__ = "notes"
+    __table_args__ = (Index("ix_note_incident", "incident_id", "kind", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # lesson | prevent
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    author_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+
+
+class ImpactValue(Base):
+    """The guide's 임팩트 numbers; `source` says whether evidence measured it or a person typed it."""
+
+    __tablename__ = "impact_values"
+    __table_args__ = (UniqueConstraint("incident_id", "field", name="uq_impact_field"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    field: Mapped[str] = mapped_column(String(32), nullable=False)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # manual | measured
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+
+
+class ChecklistItem(Base):
+    __tablename__ = "checklist_items"
+    __table_args__ = (UniqueConstraint("incident_id", "key", name="uq_checklist_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str] = mapped_column(String(64), nullable=False)
+    checked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    checked_by: Mapped[str | None] = mapped_column(String(32))
+    checked_at: Mapped[datetime | None]
+
+
+class Evidence(Base):
+    """One captured piece of cloud evidence (or the record of why it could not be captured)."""
+
+    __tablename__ = "evidence"
+    __table_args__ = (Index("ix_evidence_incident", "incident_id", "captured_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    run_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # errors | metrics | config | verify
+    captured_at: Mapped[datetime] = mapped_column(nullable=False)
+    ok: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any] | None]
+
+
+class Report(Base):
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    locale: Mapped[str] = mapped_column(String(4), nullable=False)
+    filename: Mapped[str] = mapped_column(String(200), nullable=False)
+    requested_by: Mapped[str | None] = mapped_column(String(32))
+    requested_at: Mapped[datetime] = mapped_column(nullable=False)
+    posted_at: Mapped[datetime | None]
+    file_id: Mapped[str | None] = mapped_column(String(40))
+    error: Mapped[str | None] = mapped_column(Text)
