@@ -1,0 +1,165 @@
+"""Structured JSON logging for Cloud Run, with secret redaction.
+
+Every record becomes one JSON object per line on stderr in Cloud Logging's
+structured form (``severity``, ``message``, ``logging.googleapis.com/...``),
+so Cloud Run's log agent picks up severity and fields without a client.
+
+Call sites attach fields with ``extra=log_fields(...)``::
+
+    log.info("announcement posted", extra=log_fields(incident_id="INCIDENT-42"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import google.cloud.logging_v2
+from google.cloud.logging.handlers import StructuredLogHandler
+
+REDACTED = "[REDACTED]"
+
+# Slack bot/user/app/config tokens and request signatures. Matched anywhere, not
+# only on word boundaries, so "token=xoxb-..." or "Bearer xoxp-..." are caught too.
+_TOKEN_PATTERNS = (
+    re.compile(r"xox[abposre]-[A-Za-z0-9-]+"),
+    re.compile(r"xapp-[A-Za-z0-9-]+"),
+    re.compile(r"v0=[0-9a-fA-F]+"),
+)
+
+# Third-party loggers that are chatty at INFO/DEBUG, and the least level they get.
+_NOISY_LOGGERS = {
+    "urllib3": logging.WARNING,
+    "google.auth": logging.WARNING,
+    "google.api_core": logging.WARNING,
+    "apscheduler.executors": logging.INFO,
+}
+
+
+class _JSONEncoder(json.JSONEncoder):
+    """Never lose a log line because a field isn't JSON-serialisable."""
+
+    def default(self, o: Any) -> Any:
+        return str(o)
+
+
+class RedactingFilter(logging.Filter):
+    """Scrub secrets from a record before the handler formats it.
+
+    It rewrites the record in place (message with its args merged, the rendered
+    traceback and stack, and ``json_fields``) so whatever the formatter builds
+    from it is already clean. It sits on the handler rather than a logger because
+    logger filters don't see records propagated from child loggers.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # Longest first, so a secret that contains another is replaced whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._exc_formatter = logging.Formatter()
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern in _TOKEN_PATTERNS:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, Mapping):
+            return {self._scrub(k): self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._scrub(v) for v in value]
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, Mapping):
+            record.msg = self._scrub(record.msg)
+        else:
+            try:
+                message = record.getMessage()
+            except Exception:
+                # Bad %-args: logging's own error report would echo the raw args,
+                # secrets included, so log the unformatted pieces instead.
+                message = f"{record.msg} {record.args!r}"
+            record.msg, record.args = self.redact(message), ()
+        # Always re-render: an earlier handler may have cached an unredacted exc_text.
+        if record.exc_info:
+            record.exc_text = self._exc_formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        json_fields = getattr(record, "json_fields", None)
+        if isinstance(json_fields, Mapping):
+            # A new dict: the caller may reuse theirs for the next call.
+            record.json_fields = self._scrub(json_fields)
+        return True
+
+
+class _StderrStructuredLogHandler(StructuredLogHandler):
+    """StructuredLogHandler that looks up ``sys.stderr`` at write time.
+
+    Binding the stream once would keep writing to whatever stderr was when
+    logging was configured (e.g. a test's replaced stream that is long gone).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(json_encoder_cls=_JSONEncoder, **kwargs)
+        self._stream = None
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return self._stream if self._stream is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        # StreamHandler.__init__ assigns sys.stderr; __init__ above resets it to "live".
+        self._stream = value
+
+    def emit_instrumentation_info(self) -> None:
+        # The library's one-off diagnostic entry is usage telemetry, not ours, and it
+        # is printed twice once this handler sits on the root logger: skip it.
+        google.cloud.logging_v2._instrumentation_emitted = True
+
+
+def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Send all logging to stderr as Cloud Logging structured JSON.
+
+    Idempotent: a second call replaces the handler installed by the first one
+    (picking up the new level and secrets) instead of adding another.
+    """
+    numeric_level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric_level, int):
+        raise ValueError(f"unknown log level: {level!r}")
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_incident_bot_handler", False):
+            root.removeHandler(handler)
+            handler.close()
+
+    handler = _StderrStructuredLogHandler()
+    handler._incident_bot_handler = True  # type: ignore[attr-defined]
+    handler.addFilter(RedactingFilter(secrets))
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
+
+    for name, floor in _NOISY_LOGGERS.items():
+        # max(): never make a library louder than the root level asked for.
+        logging.getLogger(name).setLevel(max(floor, numeric_level))
+
+
+def log_fields(incident_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """Build the ``extra`` dict that puts fields at the top level of the JSON line.
+
+    ``None`` values are left out, so callers can pass optional ids unconditionally.
+    """
+    json_fields = {k: v for k, v in {"incident_id": incident_id, **fields}.items() if v is not None}
+    return {"json_fields": json_fields}
