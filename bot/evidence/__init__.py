@@ -1,0 +1,52 @@
+"""Evidence for a failed Cloud Run canary: capture (``gcp``), pure analysis (``analysis``) and
+rollback verification (``verify``). No Slack imports here: rendering happens elsewhere."""
+
+from bot.evidence.analysis import (
+    DEFAULT_THRESHOLDS,
+    EndpointCount,
+    ErrorRecord,
+    LatencyHistogram,
+    MinuteCount,
+    OnsetSummary,
+    PatternCount,
+    ReadingThresholds,
+    RequestLogAggregator,
+    RequestLogSummary,
+    RevisionLabel,
+    RevisionStats,
+    RevisionStatsAccumulator,
+    affected_endpoints,
+    error_onset,
+    errors_per_minute,
+    label_revisions,
+    metrics_by_role,
+    normalise_message,
+    top_patterns,
+)
+from bot.evidence.verify import Check, VerifyResult, verify_rollback
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "Check",
+    "EndpointCount",
+    "ErrorRecord",
+    "LatencyHistogram",
+    "MinuteCount",
+    "OnsetSummary",
+    "PatternCount",
+    "ReadingThresholds",
+    "RequestLogAggregator",
+    "RequestLogSummary",
+    "RevisionLabel",
+    "RevisionStats",
+    "RevisionStatsAccumulator",
+    "VerifyResult",
+    "affected_endpoints",
+    "error_onset",
+    "errors_per_minute",
+    "label_revisions",
+    "metrics_by_role",
+    "normalise_message",
+    "top_patterns",
+    "verify_rollback",
+]
