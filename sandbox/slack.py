@@ -358,7 +358,10 @@ class SlackSandbox:
         channels: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        # Message ts values come from this clock (epoch seconds); the demo runs it on the scenario's day.
+        self._clock = clock or time.time
         self.bot_token = bot_token
         self.team_id = team_id
         self.team_name = team_name
@@ -539,7 +542,7 @@ class SlackSandbox:
     def new_ts(self) -> str:
         """A fresh message ts: wall-clock based but strictly increasing across the whole sandbox."""
         with self._lock:
-            self._last_us = max(time.time_ns() // 1000, self._last_us + 1)
+            self._last_us = max(int(self._clock() * 1_000_000), self._last_us + 1)
             return _fmt_ts(self._last_us)
 
     def _next_id(self, prefix: str) -> str:

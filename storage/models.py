@@ -86,6 +86,8 @@ class Incident(Base):
     conclusion: Mapped[str | None] = mapped_column(Text)
     checklist_ts: Mapped[str | None] = mapped_column(String(32))
     announcement_error: Mapped[str | None] = mapped_column(Text)
+    # Lease on posting the announcement, so the retry sweep and the first attempt never both post it.
+    announce_claimed_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
     updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
 

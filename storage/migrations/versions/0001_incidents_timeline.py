@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("conclusion", sa.Text(), nullable=True),
         sa.Column("checklist_ts", sa.String(length=32), nullable=True),
         sa.Column("announcement_error", sa.Text(), nullable=True),
+        sa.Column("announce_claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),

@@ -1,0 +1,281 @@
+"""incident-bot: builds the app from settings, and is the entry point (`incident-bot serve|socket|demo|...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from sqlalchemy.exc import SQLAlchemyError
+
+import handlers
+from bot import incidents
+from bot.clock import Clock, SystemClock
+from bot.context import Context, set_current
+from bot.jobs import BackgroundJobs, TrackingExecutor
+from bot.ports import Messenger
+from bot.render import Renderer
+from bot.settings import Settings, SettingsError, load_settings
+from handlers.messenger import SlackMessenger, make_web_client
+from storage import migrate
+from storage.db import Database
+
+log = logging.getLogger("incident_bot")
+
+MAX_BODY_BYTES = 1024 * 1024
+SWEEP_INTERVAL_SECONDS = 30.0
+
+
+@dataclass
+class Runtime:
+    """One running bot: the Bolt app, its WSGI entry, and the background services it owns."""
+
+    ctx: Context
+    bolt: App
+    wsgi: Callable[..., Iterable[bytes]]
+    sweep_interval: float = SWEEP_INTERVAL_SECONDS
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.ctx.fire("on_start")
+        sweeper = threading.Thread(target=self._sweep_loop, name="incident-bot-sweep", daemon=True)
+        sweeper.start()
+        self._threads.append(sweeper)
+
+    def sweep(self) -> None:
+        """Retries what Slack refused earlier; the database holds what is pending, so nothing is lost."""
+        incidents.retry_pending_announcements(self.ctx)
+        self.ctx.fire("on_sweep")
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.sweep_interval):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("retry sweep failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.ctx.fire("on_stop")
+        self.ctx.jobs.wait_idle(timeout=10)
+        self.ctx.jobs.shutdown()
+
+
+def build_context(settings: Settings, *, clock: Clock | None = None, messenger: Messenger | None = None,
+                  db: Database | None = None) -> Context:
+    if messenger is None:
+        if not settings.slack_bot_token:
+            raise SettingsError("SLACK_BOT_TOKEN is required but not set")
+        messenger = SlackMessenger(make_web_client(settings.slack_bot_token, settings.slack_api_url))
+    ctx = Context(
+        settings=settings,
+        db=db or Database(settings.database_url),
+        clock=clock or SystemClock(),
+        messenger=messenger,
+        renderer=Renderer(),
+        jobs=BackgroundJobs(workers=8),
+    )
+    for install in _feature_installers():
+        install(ctx)
+    return ctx
+
+
+def _feature_installers() -> list[Callable[[Context], None]]:
+    """Domains that hook into open/announce/start/sweep register themselves here."""
+    installers: list[Callable[[Context], None]] = []
+    return installers
+
+
+def build_bolt_app(ctx: Context) -> App:
+    messenger = ctx.messenger
+    client = messenger.client if isinstance(messenger, SlackMessenger) else None
+    # Sized explicitly: listeners only parse, store and ack; slow Slack calls go to ctx.jobs instead.
+    listeners = TrackingExecutor(max_workers=ctx.settings.listener_threads, thread_name_prefix="bolt-listener")
+    ctx.jobs.watched.append(listeners)
+    app = App(
+        client=client,
+        signing_secret=ctx.settings.slack_signing_secret,
+        listener_executor=listeners,
+        token_verification_enabled=False,
+    )
+    handlers.register(app, ctx)
+    return app
+
+
+def _json_response(start_response: Callable[..., Any], status: str, payload: dict[str, Any]) -> list[bytes]:
+    body = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def make_wsgi(ctx: Context, bolt: App) -> Callable[..., Iterable[bytes]]:
+    slack_handler = SlackRequestHandler(bolt)
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/healthz" and method == "GET":
+            try:
+                ctx.db.ping()
+            except SQLAlchemyError as error:
+                return _json_response(start_response, "503 Service Unavailable",
+                                      {"status": "unavailable", "database": f"down: {type(error).__name__}"})
+            return _json_response(start_response, "200 OK", {"status": "ok", "database": "ok"})
+        if path == "/slack/events" and method == "POST":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                return _json_response(start_response, "400 Bad Request", {"error": "bad content length"})
+            if length > MAX_BODY_BYTES:
+                return _json_response(start_response, "413 Content Too Large", {"error": "body over 1 MiB"})
+            return slack_handler(environ, start_response)
+        return _json_response(start_response, "404 Not Found", {"error": "not found"})
+
+    return wsgi
+
+
+def build_runtime(settings: Settings, *, clock: Clock | None = None, messenger: Messenger | None = None,
+                  apply_migrations: bool = True) -> Runtime:
+    ctx = build_context(settings, clock=clock, messenger=messenger)
+    if apply_migrations:
+        migrate.upgrade(ctx.db.engine)
+    set_current(ctx)
+    bolt = build_bolt_app(ctx)
+    return Runtime(ctx=ctx, bolt=bolt, wsgi=make_wsgi(ctx, bolt))
+
+
+# ---- commands -------------------------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    db = Database(settings.database_url)
+    migrate.upgrade(db.engine)  # once, in the master, before any worker starts
+    db.dispose()
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        runtime: Runtime | None = None
+
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"0.0.0.0:{settings.port}")
+            # One process per instance: the scheduler and background jobs live beside the listeners.
+            self.cfg.set("workers", 1)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", max(8, settings.listener_threads))
+            self.cfg.set("timeout", 60)
+            self.cfg.set("graceful_timeout", 20)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("logger_class", "bot.logsetup.GunicornJSONLogger")
+            self.cfg.set("worker_exit", lambda _arbiter, _worker: Server.runtime and Server.runtime.stop())
+
+        def load(self) -> Callable[..., Iterable[bytes]]:
+            from bot.logsetup import configure_logging
+
+            configure_logging(settings.log_level, secrets=settings.secrets())
+            runtime = build_runtime(settings, apply_migrations=False)
+            Server.runtime = runtime
+            runtime.start()
+            return runtime.wsgi
+
+    Server().run()
+    return 0
+
+
+def cmd_socket(settings: Settings, _args: argparse.Namespace) -> int:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    runtime = build_runtime(settings)
+    runtime.start()
+    SocketModeHandler(runtime.bolt, settings.slack_app_token).start()
+    return 0
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    db = Database(settings.database_url)
+    migrate.upgrade(db.engine)
+    print(f"database at head: {db.engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from bot import report
+
+    class _Offline:
+        """The report reads only the database; nothing here may talk to Slack."""
+
+        bot_user_id = ""
+
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError(f"offline report cannot call Slack ({name})")
+
+    ctx = build_context(settings, messenger=_Offline())  # type: ignore[arg-type]
+    migrate.upgrade(ctx.db.engine)
+    with ctx.db.session() as session:
+        incident = incidents.find_by_public_id(session, args.incident_id)
+        if incident is None:
+            print(f"incident-bot: no incident {args.incident_id}", file=sys.stderr)
+            return 1
+        incident_id = incident.id
+    text = report.render_report(ctx, incident_id, args.locale or settings.locale)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from sandbox.demo import run_demo
+
+    return run_demo(output_dir=args.output_dir, locale=args.locale)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="incident-bot", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="HTTP mode for production (gunicorn, $PORT)")
+    sub.add_parser("socket", help="Socket Mode for local development (needs SLACK_APP_TOKEN)")
+    sub.add_parser("migrate", help="apply database migrations")
+    demo = sub.add_parser("demo", help="offline end-to-end run against the local sandboxes")
+    demo.add_argument("--output-dir", default="out", help="where the report and transcript are written")
+    demo.add_argument("--locale", choices=("ko", "en"), default=None)
+    rep = sub.add_parser("report", help="render an incident's post-mortem from the database")
+    rep.add_argument("incident_id")
+    rep.add_argument("--locale", choices=("ko", "en"), default=None)
+    rep.add_argument("-o", "--output", default=None)
+    return root
+
+
+REQUIRED = {
+    "serve": ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"),
+    "socket": ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"),
+}
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "serve": cmd_serve, "socket": cmd_socket, "migrate": cmd_migrate, "report": cmd_report, "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(require=REQUIRED.get(args.command, ()))
+    except SettingsError as error:
+        print(f"incident-bot: {error}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

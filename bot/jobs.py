@@ -1,0 +1,83 @@
+"""Thread pools that know what they still have to do, so tests and the demo can wait for quiet."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class TrackingExecutor(ThreadPoolExecutor):
+    """A ThreadPoolExecutor that remembers its unfinished futures (Bolt's listener pool uses it too)."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._pending: set[Future[Any]] = set()
+        self._pending_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._pending_lock:
+                pending = list(self._pending)
+            if not pending:
+                return True
+            for future in pending:
+                # A failed job was logged where it ran; here we only wait for it to end.
+                with contextlib.suppress(Exception):
+                    future.result(timeout=max(0.0, end - time.monotonic()))
+        with self._pending_lock:
+            return not self._pending
+
+
+class BackgroundJobs:
+    """Work done off the request path, after the ack: posting to Slack, capturing evidence, uploading reports.
+
+    What it runs must be safe to lose, because the database keeps the state to retry from.
+    """
+
+    def __init__(self, workers: int = 8, name: str = "incident-bot-work") -> None:
+        self._executor = TrackingExecutor(max_workers=workers, thread_name_prefix=name)
+        self.watched: list[TrackingExecutor] = [self._executor]
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._executor.submit(self._run, fn, *args, **kwargs)
+
+    @staticmethod
+    def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.exception("background job %s failed", getattr(fn, "__name__", fn))
+            raise
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Waits for every watched pool (listeners may submit jobs, jobs may submit more) to be quiet."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for executor in self.watched:
+                executor.wait_idle(max(0.0, end - time.monotonic()))
+            if all(executor.wait_idle(0) for executor in self.watched):
+                return True
+        return False
+
+    def shutdown(self) -> None:
+        for executor in self.watched:
+            executor.shutdown(wait=True, cancel_futures=False)

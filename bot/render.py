@@ -1,0 +1,165 @@
+"""Jinja2 rendering with escaping by default, for Slack mrkdwn and for the Markdown report.
+
+Every `{{ value }}` passes through `finalize`, which escapes it for the output's context unless it is
+already Markup (built by the filters below), so user text can never mention anyone or break a table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+import templates as templates_package
+
+TEMPLATE_DIR = Path(templates_package.__file__).resolve().parent
+_SLACK_ID = re.compile(r"^[UWBC][A-Z0-9]{2,20}$")
+_DIVIDER = "--"
+
+
+def slack_escape(value: object) -> str:
+    """Slack's own three entities; quotes stay readable (Slack does not decode &#34;)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_unescape(text: str) -> str:
+    """Text from Slack arrives entity-encoded; stored text is what the person typed."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def markdown_escape(value: object) -> str:
+    """Inline Markdown: entities for HTML-significant characters, which every renderer decodes."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def markdown_cell(value: object) -> Markup:
+    """A table cell: no pipe may split the cell and no newline may end the row."""
+    text = markdown_escape("" if value is None else value).replace("\\", "\\\\").replace("|", "\\|")
+    text = re.sub(r"\r\n|\r|\n", "<br>", text)
+    return Markup(text)
+
+
+def markdown_line(value: object) -> Markup:
+    """A list item or a heading: newlines would start new blocks, so they fold into spaces."""
+    return Markup(re.sub(r"\s*[\r\n]+\s*", " ", markdown_escape("" if value is None else value)))
+
+
+def slack_line(value: object) -> Markup:
+    return Markup(re.sub(r"\s*[\r\n]+\s*", " ", slack_escape("" if value is None else value)))
+
+
+def mention(user_id: object) -> Markup:
+    """The only way a template emits a mention: for validated Slack user ids."""
+    if isinstance(user_id, str) and _SLACK_ID.match(user_id):
+        return Markup(f"<@{user_id}>")
+    return Markup(slack_escape(user_id or ""))
+
+
+def raw(value: object) -> Markup:
+    """Marks text to be escaped later by its caller (macros whose output is always re-escaped)."""
+    return Markup("" if value is None else str(value))
+
+
+def channel_link(channel_id: object) -> Markup:
+    if isinstance(channel_id, str) and re.fullmatch(r"[CG][A-Z0-9]{2,20}", channel_id):
+        return Markup(f"<#{channel_id}>")
+    return Markup(slack_escape(channel_id or ""))
+
+
+def _finalizer(escape: Any) -> Any:
+    def finalize(value: object) -> object:
+        if value is None:
+            return ""
+        if isinstance(value, Markup):
+            return value
+        return escape(value)
+
+    return finalize
+
+
+def _make_env(escape: Any) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=False,
+        finalize=_finalizer(escape),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        cell=markdown_cell, mdline=markdown_line, line=slack_line, mention=mention, channel=channel_link, raw=raw
+    )
+    return env
+
+
+@dataclass
+class RenderedMessage:
+    """A Slack message: Block Kit blocks and the plain-text fallback Slack shows in notifications."""
+
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def text_to_blocks(text: str) -> list[dict[str, Any]]:
+    """Paragraphs become mrkdwn sections and a line of `--` a divider, so templates own the layout."""
+    blocks: list[dict[str, Any]] = []
+    for chunk in re.split(r"\n\s*\n", text.strip()):
+        lines = chunk.strip("\n").split("\n")
+        current: list[str] = []
+        for line in lines:
+            if line.strip() == _DIVIDER:
+                if current:
+                    blocks.extend(_sections("\n".join(current)))
+                    current = []
+                blocks.append({"type": "divider"})
+            else:
+                current.append(line)
+        if current and "".join(current).strip():
+            blocks.extend(_sections("\n".join(current)))
+    return blocks
+
+
+def _sections(text: str) -> list[dict[str, Any]]:
+    # Slack caps a section's text at 3,000 characters; split on line boundaries.
+    out: list[dict[str, Any]] = []
+    piece = ""
+    for line in text.split("\n"):
+        if len(piece) + len(line) + 1 > 2900 and piece:
+            out.append({"type": "section", "text": {"type": "mrkdwn", "text": piece}})
+            piece = ""
+        piece = f"{piece}\n{line}" if piece else line[:2900]
+    if piece:
+        out.append({"type": "section", "text": {"type": "mrkdwn", "text": piece}})
+    return out
+
+
+def plain_fallback(text: str) -> str:
+    return "\n".join(line for line in text.strip().split("\n") if line.strip() != _DIVIDER)
+
+
+class Renderer:
+    def __init__(self) -> None:
+        self.slack = _make_env(slack_escape)
+        self.markdown = _make_env(markdown_escape)
+
+    def text(self, name: str, locale: str, **context: Any) -> str:
+        return self.slack.get_template(f"{locale}/{name}.j2").render(**context)
+
+    def message(self, name: str, locale: str, **context: Any) -> RenderedMessage:
+        rendered = self.text(name, locale, **context)
+        return RenderedMessage(text=plain_fallback(rendered), blocks=text_to_blocks(rendered))
+
+    def say(self, key: str, locale: str, **params: Any) -> str:
+        """`group.name` → macro `name` of templates/<locale>/messages/<group>.j2, so each domain owns a file."""
+        group, _, name = key.partition(".")
+        module = self.slack.get_template(f"{locale}/messages/{group}.j2").module
+        return str(getattr(module, name)(**params)).strip()
+
+    def document(self, name: str, locale: str, **context: Any) -> str:
+        return self.markdown.get_template(f"{locale}/{name}.md.j2").render(**context)
+

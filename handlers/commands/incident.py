@@ -1,0 +1,40 @@
+"""`/incident open` and `/incident help`."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import Respond
+
+from bot import incidents
+from bot.context import Context
+from bot.parsing import parse_open
+from bot.ports import MessengerError
+from handlers.commands import Answer, CommandRequest, incident_subcommand
+
+log = logging.getLogger(__name__)
+
+
+@incident_subcommand("help")
+def help_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
+    return Answer(text=ctx.say("incident.help"))
+
+
+@incident_subcommand("open")
+def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
+    open_request = parse_open(request.rest)
+    incident = incidents.open_incident(
+        ctx, open_request, channel_id=request.channel_id, user_id=request.user_id, user_name=request.user_name
+    )
+    ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond)
+    return Answer(text=ctx.say("incident.open_ack", public_id=incident.public_id))
+
+
+def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond) -> None:
+    try:
+        incidents.post_announcement(ctx, incident_id)
+    except MessengerError as error:
+        respond(response_type="ephemeral", replace_original=False,
+                text=ctx.say("incident.announce_failed", public_id=public_id, reason=error.kind))
+        return
+    ctx.fire("on_announced", incident_id)
