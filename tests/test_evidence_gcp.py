@@ -281,6 +281,15 @@ def test_stream_broken_midway_keeps_partial_stats(sandbox: GcpSandbox, log_clien
     assert not bundle.requests_complete and bundle.requests.entries == 2000
 
 
+def test_error_query_broken_midway_keeps_what_arrived(sandbox: GcpSandbox, log_client: Any,
+                                                      run_client: Any) -> None:
+    sandbox.fail(ENTRIES_LIST, 503, after=2)  # error pages 1-2 arrive, page 3 fails
+    bundle = _collect(sandbox, log_client, run_client, error_page_size=100)
+    assert [(f.kind, f.source) for f in bundle.failures] == [("unavailable", "logging")]
+    assert len(bundle.errors.records) == 200 and bundle.requests_complete and bundle.service_config
+    assert sum(p.count for p in bundle.patterns) == 200
+
+
 def test_unavailable_run_is_retried_then_reported(sandbox: GcpSandbox, sc: CanaryScenario, run_client: Any) -> None:
     sandbox.fail(SERVICES, 503, times=1)
     assert fetch_service_config(run_client, sc.project, sc.region, sc.service, timeout=3)["uri"]
