@@ -139,7 +139,9 @@ def _sections(text: str) -> list[dict[str, Any]]:
 
 
 def plain_fallback(text: str) -> str:
-    return "\n".join(line for line in text.strip().split("\n") if line.strip() != _DIVIDER)
+    """Dividers become blank lines, so notifications and clients without blocks keep the paragraphs."""
+    lines = ["" if line.strip() == _DIVIDER else line for line in text.strip().split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
 class Renderer:
