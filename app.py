@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import App
-from slack_bolt.adapter.wsgi import SlackRequestHandler
 from sqlalchemy.exc import SQLAlchemyError
 
 import handlers
@@ -23,6 +22,7 @@ from bot.jobs import BackgroundJobs, TrackingExecutor
 from bot.ports import Messenger
 from bot.render import Renderer
 from bot.settings import Settings, SettingsError, load_settings
+from handlers import guards
 from handlers.messenger import SlackMessenger, make_web_client
 from storage import migrate
 from storage.db import Database
@@ -117,7 +117,7 @@ def _json_response(start_response: Callable[..., Any], status: str, payload: dic
 
 
 def make_wsgi(ctx: Context, bolt: App) -> Callable[..., Iterable[bytes]]:
-    slack_handler = SlackRequestHandler(bolt)
+    slack_handler = guards.GuardedRequestHandler(bolt, ctx.settings.slack_signing_secret, MAX_BODY_BYTES)
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -160,6 +160,10 @@ def build_runtime(settings: Settings, *, clock: Clock | None = None, messenger: 
 def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from bot.logsetup import configure_logging
+
+    # In the master too, so migrations and gunicorn's own lines are JSON; the worker inherits it.
+    configure_logging(settings.log_level, secrets=settings.secrets())
     db = Database(settings.database_url)
     migrate.upgrade(db.engine)  # once, in the master, before any worker starts
     db.dispose()
@@ -176,7 +180,11 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("accesslog", None)
+            self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("logger_class", "bot.logsetup.GunicornJSONLogger")
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn ≥ 25.1's control socket lives in $HOME, shared by every server on the machine; unused.
+                self.cfg.set("control_socket_disable", True)
             self.cfg.set("worker_exit", lambda _arbiter, _worker: Server.runtime and Server.runtime.stop())
 
         def load(self) -> Callable[..., Iterable[bytes]]:

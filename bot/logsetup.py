@@ -20,6 +20,7 @@ from typing import Any
 
 import google.cloud.logging_v2
 from google.cloud.logging.handlers import StructuredLogHandler
+from gunicorn import glogging
 
 REDACTED = "[REDACTED]"
 
@@ -163,3 +164,26 @@ def log_fields(incident_id: str | None = None, **fields: Any) -> dict[str, Any]:
     """
     json_fields = {k: v for k, v in {"incident_id": incident_id, **fields}.items() if v is not None}
     return {"json_fields": json_fields}
+
+
+class GunicornJSONLogger(glogging.Logger):
+    """gunicorn's own lines (boot, workers, request errors) in the same structured JSON as ours.
+
+    gunicorn gives ``gunicorn.error`` a plain-text stderr handler and stops it propagating; here it
+    propagates to the root handler instead. The access log stays off: Cloud Run logs requests itself.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+        self.error_log.propagate = True
+        self.access_log.propagate = False
+        root = logging.getLogger()
+        if not any(getattr(h, "_incident_bot_handler", False) for h in root.handlers):
+            # Used without `incident-bot serve` (which configures the secrets first): at least be JSON.
+            configure_logging(cfg.loglevel)
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None

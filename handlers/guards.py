@@ -1,4 +1,5 @@
-"""Request guards that run after Bolt's signature check: the workspace and the payload's shape."""
+"""Request guards: the preflight in front of Bolt (size, signature, a body Bolt can parse, its shape) and the
+workspace check that runs after Bolt's own signature check."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
+from slack_sdk.signature import SignatureVerifier
 
 from bot.context import Context
+
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def request_team(body: dict[str, Any]) -> str | None:
@@ -25,8 +31,73 @@ def well_formed(body: dict[str, Any]) -> bool:
         return isinstance(body.get("text", ""), str) and bool(body.get("user_id")) and bool(body.get("channel_id"))
     if body.get("type") == "event_callback":
         return isinstance(body.get("event"), dict) and isinstance(body["event"].get("type"), str)
-    return body.get("type") in ("block_actions", "view_submission", "view_closed", "url_verification",
-                                "shortcut", "message_action", "block_suggestion")
+    if body.get("type") == "block_actions":
+        actions = body.get("actions")
+        return isinstance(actions, list) and bool(actions) and all(isinstance(a, dict) for a in actions)
+    if body.get("type") in ("view_submission", "view_closed"):
+        return isinstance(body.get("view"), dict)
+    return body.get("type") in ("url_verification", "shortcut", "message_action", "block_suggestion")
+
+
+class GuardedRequestHandler(SlackRequestHandler):
+    """Bolt's WSGI adapter behind a preflight, so hostile input gets a 4xx and never reaches a listener.
+
+    Bolt parses the body before it checks the signature, and answers 500 to a body it cannot parse (bad
+    UTF-8, bad JSON, a JSON list) or a timestamp header that isn't a number. Here: too big → 413, bad
+    signature or stale timestamp → 401, unparsable or misshapen → 400. Bolt still verifies the signature
+    itself afterwards; this never replaces that check.
+    """
+
+    def __init__(self, app: App, signing_secret: str | None, max_body: int = MAX_BODY_BYTES) -> None:
+        super().__init__(app)
+        # No secret (Socket Mode builds this too, unused): every HTTP request is refused.
+        self.verifier = SignatureVerifier(signing_secret) if signing_secret else None
+        self.max_body = max_body
+
+    def _read(self, environ: dict[str, Any]) -> bytes | None:
+        """The raw body, or None when it is over the limit."""
+        stream = environ.get("wsgi.input")
+        if stream is None:
+            return b""
+        if environ.get("CONTENT_LENGTH"):
+            length = int(environ["CONTENT_LENGTH"])
+            return None if length > self.max_body else stream.read(length)
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            raw = stream.read(self.max_body + 1)
+            return None if len(raw) > self.max_body else raw
+        return b""
+
+    def _signed(self, raw: bytes, headers: dict[str, Any]) -> bool:
+        if self.verifier is None:
+            return False
+        try:
+            return self.verifier.is_valid_request(raw, headers)
+        except ValueError:  # a timestamp that isn't a number
+            return False
+
+    def dispatch(self, request: WsgiHttpRequest) -> BoltResponse:
+        try:
+            raw = self._read(request.environ)
+        except ValueError:
+            return BoltResponse(status=400, body={"error": "bad content length"})
+        if raw is None:
+            return BoltResponse(status=413, body={"error": "body over 1 MiB"})
+        headers = request.get_headers()
+        try:
+            bolt_request: BoltRequest | None = BoltRequest(
+                body=raw.decode("utf-8"), query=request.query_string, headers=headers
+            )
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            # UnicodeDecodeError and JSONDecodeError are ValueErrors; the rest come from a JSON list or string.
+            bolt_request = None
+        body = bolt_request.body if bolt_request is not None and isinstance(bolt_request.body, dict) else None
+        if bolt_request is not None and body is not None and body.get("ssl_check"):
+            return self.app.dispatch(bolt_request)  # Slack's URL check: Bolt answers 200 and does nothing else
+        if not self._signed(raw, headers):
+            return BoltResponse(status=401, body={"error": "invalid request"})
+        if bolt_request is None or body is None or not well_formed(body):
+            return BoltResponse(status=400, body={"error": "malformed payload"})
+        return self.app.dispatch(bolt_request)
 
 
 def register(app: App, ctx: Context) -> None:
@@ -35,7 +106,7 @@ def register(app: App, ctx: Context) -> None:
     @app.middleware
     def guard(req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
         body = req.body if isinstance(req.body, dict) else {}
-        if not well_formed(body):
+        if not well_formed(body):  # the preflight has checked already; Socket Mode requests come only here
             return BoltResponse(status=400, body="malformed payload")
         if team_id and body.get("type") != "url_verification" and request_team(body) != team_id:
             return BoltResponse(status=403, body="wrong workspace")
