@@ -118,11 +118,15 @@ def parse_clock_time(text: str, now: datetime, zone: ZoneInfo) -> datetime:
     h, mi = int(short.group(1)), int(short.group(2))
     if h > 23 or mi > 59:
         raise ValueError(f"not a time: {text!r}")
-    candidate = datetime.combine(local_now.date(), datetime.min.time(), tzinfo=zone).replace(hour=h, minute=mi)
-    if candidate > local_now:
-        candidate -= timedelta(days=1)
-        candidate = candidate.replace(tzinfo=zone)
-    return candidate.astimezone(UTC)
+    # Compared as UTC instants: aware datetimes sharing a tzinfo compare by wall clock, which is wrong in the
+    # repeated hour of a DST fall-back. Both folds of today and yesterday are candidates.
+    now_utc = ensure_utc(now)
+    candidates = [
+        datetime(day.year, day.month, day.day, h, mi, tzinfo=zone, fold=fold).astimezone(UTC)
+        for day in (local_now.date(), local_now.date() - timedelta(days=1))
+        for fold in (0, 1)
+    ]
+    return max(c for c in candidates if c <= now_utc)
 
 
 def parse_future_clock_time(text: str, now: datetime, zone: ZoneInfo) -> datetime:
