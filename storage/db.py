@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 # How long a SQLite writer waits for the lock. Under Slack's 3-second ack window, so a command facing a
 # database that stays locked still answers "database unavailable" in time instead of never answering.
 SQLITE_BUSY_TIMEOUT = 2.0
+READ_ONLY_OPTION = "incident_bot_read_only"
 
 
 def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any) -> Engine:
@@ -38,7 +39,9 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
         # fails at once with "database is locked" under concurrency instead of waiting its turn.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only work (a long report render) stays DEFERRED so it never blocks writers under WAL.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -46,6 +49,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
+        )
 
     @property
     def dialect(self) -> str:
@@ -55,6 +61,12 @@ class Database:
     def session(self) -> Iterator[Session]:
         """One unit of work: committed when the block ends, rolled back whole when it raises."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work: on SQLite it takes no write lock, so long reads never stall writers."""
+        with self._read_sessions() as session, session.begin():
             yield session
 
     def ping(self) -> None:
