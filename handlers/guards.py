@@ -3,6 +3,7 @@ workspace check that runs after Bolt's own signature check."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,8 +11,11 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_sdk.signature import SignatureVerifier
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.context import Context
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -110,4 +114,17 @@ def register(app: App, ctx: Context) -> None:
             return BoltResponse(status=400, body="malformed payload")
         if team_id and body.get("type") != "url_verification" and request_team(body) != team_id:
             return BoltResponse(status=403, body="wrong workspace")
+        if body.get("type") == "event_callback" and not database_up(ctx):
+            # Bolt acks an event before its listener runs, so with the database down the event would be
+            # lost. A 503 makes Slack deliver it again (it retries three times over about five minutes).
+            return BoltResponse(status=503, body={"error": "database unavailable"})
         return next()
+
+
+def database_up(ctx: Context) -> bool:
+    try:
+        ctx.db.ping()
+    except SQLAlchemyError:
+        log.warning("database unavailable; refusing an event so that Slack delivers it again")
+        return False
+    return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from slack_sdk import WebClient
@@ -18,6 +20,10 @@ from slack_sdk.http_retry.builtin_handlers import (
 from bot.ports import ChatMessage, MessengerError
 
 log = logging.getLogger(__name__)
+
+# Failures after which Slack may or may not have carried the call out.
+_UNCERTAIN = ("timeout", "connection_error")
+_CLOCK_SKEW = 2.0  # seconds of slack between our clock and Slack's when looking for a post that landed
 
 
 def make_web_client(token: str, base_url: str, *, timeout: int = 10, retries: int = 2) -> WebClient:
@@ -67,11 +73,42 @@ class SlackMessenger:
     def post_message(
         self, channel: str, text: str, *, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
     ) -> str:
-        response = self._call(
-            "chat_postMessage", channel=channel, text=text, blocks=blocks, thread_ts=thread_ts,
-            unfurl_links=False, unfurl_media=False,
-        )
+        started = time.time()
+        try:
+            response = self._call(
+                "chat_postMessage", channel=channel, text=text, blocks=blocks, thread_ts=thread_ts,
+                unfurl_links=False, unfurl_media=False,
+            )
+        except MessengerError as error:
+            landed = self._landed(error, channel, thread_ts, started,
+                                  lambda m: (m.get("text") or "").strip() == text.strip())
+            if landed is None:
+                raise
+            return str(landed["ts"])
         return str(response["ts"])
+
+    def _landed(
+        self, error: MessengerError, channel: str, thread_ts: str | None, started: float,
+        match: Callable[[dict[str, Any]], bool],
+    ) -> dict[str, Any] | None:
+        """A timed-out or dropped post may have been carried out by Slack all the same. Look for it, so that
+        the caller does not report a failure and a retry does not post it a second time."""
+        if error.kind not in _UNCERTAIN:
+            return None
+        oldest = f"{started - _CLOCK_SKEW:.6f}"
+        try:
+            if thread_ts:
+                found = self._call("conversations_replies", channel=channel, ts=thread_ts, oldest=oldest, limit=200)
+            else:
+                found = self._call("conversations_history", channel=channel, oldest=oldest, limit=200)
+            me = self.bot_user_id
+        except MessengerError:
+            return None  # can't tell; the caller treats it as failed
+        for message in found.get("messages", []):
+            if message.get("user") == me and float(message.get("ts", 0)) >= started - _CLOCK_SKEW and match(message):
+                log.warning("slack call failed (%s) but its message was posted; keeping that one", error.kind)
+                return dict(message)
+        return None
 
     def update_message(self, channel: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None = None) -> None:
         self._call("chat_update", channel=channel, ts=ts, text=text, blocks=blocks)
@@ -86,10 +123,21 @@ class SlackMessenger:
         self, channel: str, thread_ts: str | None, filename: str, content: bytes, *, title: str,
         initial_comment: str | None = None,
     ) -> str:
-        response = self._call(
-            "files_upload_v2", channel=channel, thread_ts=thread_ts, filename=filename, content=content,
-            title=title, initial_comment=initial_comment,
-        )
+        started = time.time()
+        try:
+            response = self._call(
+                "files_upload_v2", channel=channel, thread_ts=thread_ts, filename=filename, content=content,
+                title=title, initial_comment=initial_comment,
+            )
+        except MessengerError as error:
+
+            def shares_it(message: dict[str, Any]) -> bool:
+                return any(f.get("name") == filename for f in message.get("files") or [])
+
+            landed = self._landed(error, channel, thread_ts, started, shares_it)
+            if landed is None:
+                raise
+            return str(next(f.get("id", "") for f in landed["files"] if f.get("name") == filename))
         files = response.get("files") or [response.get("file") or {}]
         return str(files[0].get("id", ""))
 
