@@ -91,6 +91,9 @@ def build_context(settings: Settings, *, clock: Clock | None = None, messenger: 
 def _feature_installers() -> list[Callable[[Context], None]]:
     """Domains that hook into open/announce/start/sweep register themselves here."""
     installers: list[Callable[[Context], None]] = []
+    from bot import reminders
+
+    installers.append(reminders.install)
     return installers
 
 

@@ -1,0 +1,517 @@
+"""Reminders that survive restarts: the RCA kickoff, the post-mortem meeting, and action-item follow-ups.
+
+Every reminder is a row in `reminders`; the row, not the scheduler, is the truth. Delivery claims the row with
+one conditional UPDATE (not sent, not cancelled, due, claim free), posts in the incident thread, then marks it
+sent. So a reminder due while the process was down is posted once when it is back (marked late after
+LATE_AFTER), two processes on one database post it once, and a Slack failure releases the claim for a later
+retry with backoff. APScheduler (bot/scheduler.py) fires a job at each due time, and a sweep every
+SWEEP_SECONDS (and once at start) delivers whatever is due and unclaimed.
+
+Policy, decided here:
+- At open: RCA kickoff at open + RCA_REMINDER_AFTER; pre-meeting 10 minutes before the meeting (skipped when
+  that moment has already passed when the meeting is scheduled); meeting start (always scheduled); after the
+  90-minute meeting a nudge to run `/postmortem report`.
+- `cancelled` (false alarm, opened by mistake) cancels every pending reminder of the incident. Reopening it
+  restores those still in the future.
+- `resolved` keeps the post-mortem's clock: the guide runs the RCA (Phase 2) and the meeting (Phase 3) after
+  recovery, and action items (Phase 4) for weeks after. What resolving cancels is whatever would now say
+  nothing new: the RCA kickoff once the root cause is recorded, the report nudge once a report is posted,
+  action reminders for items already done.
+- The same "nothing new" rule is checked again at delivery (a reminder is dropped, not sent, when the root cause
+  is recorded, a report exists, the item is done, or the meeting it announces has already started).
+- Action items: `action_due` on the local calendar date (INCIDENT_TIMEZONE) of the item's due_at at 09:00, and
+  `action_overdue` the next day at 09:00. A reminder whose moment has already passed when it is scheduled is
+  skipped (an item created after 09:00 on its due date gets no "due today" post, only the overdue nudge).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from functools import partial
+from typing import Any
+
+from sqlalchemy import event, or_, select, update
+from sqlalchemy.orm import Session
+
+from bot import reports
+from bot.context import Context, current
+from bot.ports import MessengerError
+from bot.render import RenderedMessage
+from bot.scheduler import ReminderScheduler, reminder_job_id
+from storage.models import ActionItem, Incident, Reminder, Report, RoleAssignment, Why
+
+log = logging.getLogger(__name__)
+
+RCA = "rca_kickoff"
+MEETING_PRE = "meeting_pre"
+MEETING_START = "meeting_start"
+REPORT_NUDGE = "report_nudge"
+ACTION_DUE = "action_due"
+ACTION_OVERDUE = "action_overdue"
+INCIDENT_KINDS = (RCA, MEETING_PRE, MEETING_START, REPORT_NUDGE)
+ACTION_KINDS = (ACTION_DUE, ACTION_OVERDUE)
+
+PRE_MEETING = timedelta(minutes=10)
+MEETING_LENGTH = timedelta(minutes=90)
+# The guide's 90-minute meeting: (agenda item, start minute, end minute).
+AGENDA = (("timeline", 0, 10), ("root_cause", 10, 40), ("improvements", 40, 60), ("action_items", 60, 90))
+REQUIRED_ROLES = ("lead", "backend", "devops")
+RECOMMENDED_ROLES = ("monitoring", "manager", "qa")
+ACTION_REMIND_AT = time(9, 0)
+
+LATE_AFTER = timedelta(minutes=5)
+# Longer than the Slack client's own retries (3 attempts × 10 s timeout plus backoff), so a slow post is
+# never taken over by another process while it is still in flight.
+CLAIM_LEASE = timedelta(minutes=2)
+THREAD_WAIT = timedelta(seconds=10)
+RETRY_BASE = timedelta(seconds=30)
+RETRY_MAX = timedelta(minutes=30)
+MAX_ATTEMPTS = 20  # about eight hours of Slack refusing before a reminder is given up (and the reason kept)
+SWEEP_SECONDS = 15.0
+
+# Why a row was cancelled, kept in last_error; reopening restores only those cancelled with the incident.
+CANCELLED_WITH_INCIDENT = "cancelled: incident cancelled"
+SKIPPED_PASSED = "skipped: its time had passed when it was scheduled"
+
+_QUEUE_KEY = "reminders.jobs"
+_SCHEDULER_KEY = "reminders.scheduler"
+_TEST_RE = re.compile(r"test|테스트|\bqa\b", re.IGNORECASE)
+
+
+# ---- wiring ---------------------------------------------------------------------------------------------------
+
+
+def install(ctx: Context) -> None:
+    ctx.hook("on_open", on_open)
+    ctx.hook("on_announced", on_announced)
+    ctx.hook("on_closed", on_closed)
+    ctx.hook("on_reopened", on_reopened)
+    ctx.hook("on_meeting_moved", on_meeting_moved)
+    ctx.hook("on_start", start)
+    ctx.hook("on_stop", stop)
+
+
+def scheduler(ctx: Context) -> ReminderScheduler | None:
+    """This process's running scheduler, or None (SCHEDULER_ENABLED=false, or not started)."""
+    sched = ctx.extras.get(_SCHEDULER_KEY)
+    return sched if isinstance(sched, ReminderScheduler) and sched.running else None
+
+
+def start(ctx: Context) -> None:
+    if not ctx.settings.scheduler_enabled:
+        log.info("reminder scheduler disabled in this process (SCHEDULER_ENABLED=false)")
+        return
+    if scheduler(ctx) is not None:
+        return
+    sched = ReminderScheduler(ctx.db.engine, sweep_function=f"{__name__}:run_sweep", sweep_seconds=SWEEP_SECONDS)
+    sched.start()
+    ctx.extras[_SCHEDULER_KEY] = sched
+    # Jobs may be missing (stored by a process that died before its after-commit step); replacing is harmless.
+    now = ctx.clock.now()
+    with ctx.db.read() as session:
+        future = session.execute(
+            select(Reminder.id, Reminder.due_at).where(
+                Reminder.sent_at.is_(None), Reminder.cancelled_at.is_(None), Reminder.due_at > now
+            )
+        ).all()
+    for reminder_id, due_at in future:
+        sched.schedule(f"{__name__}:run_reminder", reminder_job_id(reminder_id), due_at, [reminder_id])
+
+
+def stop(ctx: Context) -> None:
+    sched = ctx.extras.pop(_SCHEDULER_KEY, None)
+    if isinstance(sched, ReminderScheduler):
+        sched.shutdown()
+
+
+# ---- job functions: importable, ids only ---------------------------------------------------------------------
+
+
+def run_reminder(reminder_id: int) -> None:
+    ctx = current()
+    try:
+        deliver(ctx, reminder_id)
+    except Exception:
+        log.exception("reminder %s delivery failed", reminder_id)
+
+
+def run_sweep() -> None:
+    try:
+        deliver_due(current())
+    except Exception:
+        log.exception("reminder sweep failed")
+
+
+# ---- scheduling rows ------------------------------------------------------------------------------------------
+
+
+def _queue_job(ctx: Context, session: Session, reminder: Reminder) -> None:
+    """Registers the APScheduler job after the transaction commits: a job must never see an uncommitted row, and
+    on SQLite a job-store write inside our open write transaction would wait on our own lock."""
+    session.flush()
+    queue: dict[int, datetime | None] | None = session.info.get(_QUEUE_KEY)
+    if queue is None:
+        queue = session.info[_QUEUE_KEY] = {}
+        event.listen(session, "after_commit", partial(_after_commit, ctx))
+        event.listen(session, "after_rollback", _after_rollback)
+    pending = reminder.sent_at is None and reminder.cancelled_at is None
+    queue[reminder.id] = reminder.due_at if pending else None
+
+
+def _after_commit(ctx: Context, session: Session) -> None:
+    queue = session.info.pop(_QUEUE_KEY, None)
+    if queue and scheduler(ctx) is not None:
+        ctx.jobs.submit(_sync_jobs, ctx, dict(queue))
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_QUEUE_KEY, None)
+
+
+def _sync_jobs(ctx: Context, queue: dict[int, datetime | None]) -> None:
+    sched = scheduler(ctx)
+    if sched is None:
+        return
+    for reminder_id, due_at in queue.items():
+        if due_at is None:
+            sched.unschedule(reminder_job_id(reminder_id))
+        else:
+            sched.schedule(f"{__name__}:run_reminder", reminder_job_id(reminder_id), due_at, [reminder_id])
+
+
+def _find(session: Session, incident_id: int, kind: str, action_item_id: int | None = None) -> Reminder | None:
+    query = select(Reminder).where(Reminder.incident_id == incident_id, Reminder.kind == kind)
+    query = query.where(
+        Reminder.action_item_id.is_(None) if action_item_id is None else Reminder.action_item_id == action_item_id
+    )
+    return session.scalars(query.order_by(Reminder.id)).first()
+
+
+def _rearm(reminder: Reminder, due_at: datetime) -> None:
+    reminder.due_at = due_at
+    reminder.sent_at = None
+    reminder.cancelled_at = None
+    reminder.claimed_until = None
+    reminder.attempts = 0
+    reminder.last_error = None
+    reminder.late = False
+    reminder.message_ts = None
+
+
+def _cancel(reminder: Reminder, now: datetime, reason: str) -> bool:
+    if reminder.sent_at is not None or reminder.cancelled_at is not None:
+        return False
+    reminder.cancelled_at = now
+    reminder.claimed_until = None
+    reminder.last_error = reason
+    return True
+
+
+def _set(
+    ctx: Context, session: Session, incident_id: int, kind: str, due_at: datetime, *,
+    action_item_id: int | None = None, always: bool = False,
+) -> Reminder | None:
+    """Creates or moves one reminder. Moving a sent one re-arms it (the meeting moved, a new due date)."""
+    now = ctx.clock.now()
+    reminder = _find(session, incident_id, kind, action_item_id)
+    passed = due_at < now and not always
+    if reminder is None:
+        if passed:
+            return None
+        reminder = Reminder(incident_id=incident_id, kind=kind, action_item_id=action_item_id, due_at=due_at,
+                            attempts=0, late=False)
+        session.add(reminder)
+    elif reminder.due_at == due_at and reminder.last_error not in (SKIPPED_PASSED, CANCELLED_WITH_INCIDENT):
+        return reminder  # unchanged: keep whatever state it is in (sent stays sent, no second post)
+    elif passed:
+        if not _cancel(reminder, now, SKIPPED_PASSED):
+            return reminder
+    else:
+        _rearm(reminder, due_at)
+    _queue_job(ctx, session, reminder)
+    return reminder
+
+
+def on_open(ctx: Context, session: Session, incident: Incident) -> None:
+    _set(ctx, session, incident.id, RCA, incident.opened_at + ctx.settings.rca_reminder_after)
+    _schedule_meeting(ctx, session, incident)
+
+
+def _schedule_meeting(ctx: Context, session: Session, incident: Incident) -> None:
+    meeting = incident.meeting_at
+    _set(ctx, session, incident.id, MEETING_PRE, meeting - PRE_MEETING)
+    _set(ctx, session, incident.id, MEETING_START, meeting, always=True)
+    _set(ctx, session, incident.id, REPORT_NUDGE, meeting + MEETING_LENGTH, always=True)
+
+
+def on_meeting_moved(ctx: Context, session: Session, incident: Incident) -> None:
+    _schedule_meeting(ctx, session, incident)
+
+
+def on_closed(ctx: Context, session: Session, incident: Incident) -> None:
+    now = ctx.clock.now()
+    pending = session.scalars(
+        select(Reminder).where(
+            Reminder.incident_id == incident.id, Reminder.sent_at.is_(None), Reminder.cancelled_at.is_(None)
+        )
+    ).all()
+    has_report = bool(pending) and _has_report(session, incident.id)
+    for reminder in pending:
+        reason = _nothing_new(session, incident, reminder, now, has_report=has_report)
+        if reason and _cancel(reminder, now, reason):
+            _queue_job(ctx, session, reminder)
+
+
+def on_reopened(ctx: Context, session: Session, incident: Incident) -> None:
+    """Brings back what the cancellation took away, when it still lies ahead."""
+    now = ctx.clock.now()
+    cancelled = session.scalars(
+        select(Reminder).where(
+            Reminder.incident_id == incident.id, Reminder.sent_at.is_(None),
+            Reminder.last_error == CANCELLED_WITH_INCIDENT, Reminder.due_at > now,
+        )
+    ).all()
+    for reminder in cancelled:
+        _rearm(reminder, reminder.due_at)
+        _queue_job(ctx, session, reminder)
+
+
+def action_reminder_times(ctx: Context, due_at: datetime) -> tuple[datetime, datetime]:
+    """(due-day reminder, overdue nudge): 09:00 local on the due date and on the day after."""
+    zone = ctx.settings.timezone
+    day = due_at.astimezone(zone).date()
+    due_day = datetime.combine(day, ACTION_REMIND_AT, tzinfo=zone)
+    next_day = datetime.combine(day + timedelta(days=1), ACTION_REMIND_AT, tzinfo=zone)
+    return due_day, next_day
+
+
+def schedule_action_item(ctx: Context, session: Session, action_item: ActionItem) -> None:
+    """Creates or replaces the due-day and overdue reminders of an action item (call it on add and on edit)."""
+    if action_item.id is None:
+        session.flush()
+    if action_item.due_at is None or action_item.status == "done":
+        cancel_action_item(ctx, session, action_item.id)
+        return
+    due_day, overdue = action_reminder_times(ctx, action_item.due_at)
+    _set(ctx, session, action_item.incident_id, ACTION_DUE, due_day, action_item_id=action_item.id)
+    _set(ctx, session, action_item.incident_id, ACTION_OVERDUE, overdue, action_item_id=action_item.id)
+
+
+def cancel_action_item(ctx: Context, session: Session, action_item_id: int) -> None:
+    now = ctx.clock.now()
+    for reminder in session.scalars(select(Reminder).where(Reminder.action_item_id == action_item_id)).all():
+        if _cancel(reminder, now, "cancelled: action item done or removed"):
+            _queue_job(ctx, session, reminder)
+
+
+# ---- what applies ---------------------------------------------------------------------------------------------
+
+
+def _has_report(session: Session, incident_id: int) -> bool:
+    return session.scalar(
+        select(Report.id).where(Report.incident_id == incident_id, Report.posted_at.is_not(None)).limit(1)
+    ) is not None
+
+
+def _nothing_new(
+    session: Session, incident: Incident, reminder: Reminder, now: datetime, *, has_report: bool
+) -> str | None:
+    """Why this reminder would say nothing new, or None when it should be posted."""
+    if incident.status == "cancelled":
+        return CANCELLED_WITH_INCIDENT
+    if reminder.kind == RCA and incident.root_cause:
+        return "skipped: root cause already recorded"
+    if reminder.kind == MEETING_PRE and now >= incident.meeting_at:
+        return "skipped: the meeting has already started"
+    if reminder.kind == REPORT_NUDGE and has_report:
+        return "skipped: a report is already posted"
+    if reminder.kind in ACTION_KINDS:
+        item = session.get(ActionItem, reminder.action_item_id) if reminder.action_item_id else None
+        if item is None or item.status == "done":
+            return "skipped: action item done or removed"
+        if item.due_at is None:
+            return "skipped: action item has no due date"
+    return None
+
+
+# ---- delivery -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # sent | skipped (dropped: nothing new) | not_claimed (not due, taken, or done) | waiting | failed
+    reminder_id: int
+    detail: str = ""
+
+
+def _claim(ctx: Context, reminder_id: int, now: datetime) -> bool:
+    with ctx.db.session() as session:
+        result = session.execute(
+            update(Reminder)
+            .where(
+                Reminder.id == reminder_id,
+                Reminder.sent_at.is_(None),
+                Reminder.cancelled_at.is_(None),
+                Reminder.due_at <= now,
+                or_(Reminder.claimed_until.is_(None), Reminder.claimed_until < now),
+            )
+            .values(claimed_until=now + CLAIM_LEASE)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _release(ctx: Context, reminder_id: int, retry_at: datetime, **values: Any) -> None:
+    with ctx.db.session() as session:
+        session.execute(update(Reminder).where(Reminder.id == reminder_id).values(claimed_until=retry_at, **values))
+    sched = scheduler(ctx)
+    if sched is not None:
+        sched.schedule(f"{__name__}:run_reminder", reminder_job_id(reminder_id), retry_at, [reminder_id])
+
+
+def retry_delay(attempts: int) -> timedelta:
+    return min(RETRY_BASE * (2 ** max(0, attempts - 1)), RETRY_MAX)
+
+
+def deliver(ctx: Context, reminder_id: int) -> Outcome:
+    """Posts one reminder if it is due and nobody else has it. Safe to call any number of times, anywhere."""
+    now = ctx.clock.now()
+    if not _claim(ctx, reminder_id, now):
+        return Outcome("not_claimed", reminder_id)
+    with ctx.db.session() as session:
+        reminder = session.get_one(Reminder, reminder_id)
+        incident_id, kind = reminder.incident_id, reminder.kind
+    # A report check opens its own session: keep it outside ours.
+    has_report = kind == REPORT_NUDGE and reports.has_posted_report(ctx, incident_id)
+    with ctx.db.session() as session:
+        reminder = session.get_one(Reminder, reminder_id)
+        incident = session.get_one(Incident, incident_id)
+        reason = _nothing_new(session, incident, reminder, now, has_report=has_report)
+        if reason:
+            _cancel(reminder, now, reason)
+            log.info("reminder dropped: %s", reason,
+                     extra={"json_fields": {"incident_id": incident.public_id, "reminder": kind}})
+            return Outcome("skipped", reminder_id, reason)
+        thread_ts = incident.announcement_ts
+        due_at = reminder.due_at
+        late = now - due_at > LATE_AFTER
+        message = render(ctx, session, reminder, incident, now=now, late=late) if thread_ts else None
+        channel, public_id = incident.channel_id, incident.public_id
+    if thread_ts is None or message is None:
+        # The announcement (the thread's parent) is still being posted or retried: look again shortly.
+        _release(ctx, reminder_id, now + THREAD_WAIT, last_error="waiting for the incident thread")
+        return Outcome("waiting", reminder_id)
+    try:
+        ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts)
+    except MessengerError as error:
+        return _failed(ctx, reminder_id, error, public_id, kind)
+    with ctx.db.session() as session:
+        # Only if the row still describes what we posted: a meeting moved meanwhile re-armed it for the new time.
+        session.execute(
+            update(Reminder)
+            .where(Reminder.id == reminder_id, Reminder.due_at == due_at, Reminder.sent_at.is_(None))
+            .values(sent_at=ctx.clock.now(), message_ts=ts, late=late, claimed_until=None, last_error=None)
+        )
+    log.info("reminder sent%s", " late" if late else "",
+             extra={"json_fields": {"incident_id": public_id, "reminder": kind}})
+    return Outcome("sent", reminder_id)
+
+
+def _failed(ctx: Context, reminder_id: int, error: MessengerError, public_id: str, kind: str) -> Outcome:
+    now = ctx.clock.now()
+    with ctx.db.session() as session:
+        attempts = int(session.get_one(Reminder, reminder_id).attempts) + 1
+        if attempts >= MAX_ATTEMPTS:
+            session.execute(
+                update(Reminder).where(Reminder.id == reminder_id).values(
+                    attempts=attempts, cancelled_at=now, claimed_until=None, last_error=f"gave up: {error}"
+                )
+            )
+            log.error("reminder given up after %d attempts: %s", attempts, error.kind,
+                      extra={"json_fields": {"incident_id": public_id, "reminder": kind}})
+            return Outcome("failed", reminder_id, "gave up")
+    _release(ctx, reminder_id, now + retry_delay(attempts), attempts=attempts, last_error=str(error))
+    log.warning("reminder post failed (%s); retrying in %s", error.kind, retry_delay(attempts),
+                extra={"json_fields": {"incident_id": public_id, "reminder": kind}})
+    return Outcome("failed", reminder_id, error.kind)
+
+
+def due_ids(ctx: Context, *, incident_id: int | None = None, limit: int = 200) -> list[int]:
+    now = ctx.clock.now()
+    query = select(Reminder.id).where(
+        Reminder.sent_at.is_(None),
+        Reminder.cancelled_at.is_(None),
+        Reminder.due_at <= now,
+        or_(Reminder.claimed_until.is_(None), Reminder.claimed_until < now),
+    )
+    if incident_id is not None:
+        query = query.where(Reminder.incident_id == incident_id)
+    with ctx.db.read() as session:
+        return list(session.scalars(query.order_by(Reminder.due_at, Reminder.id).limit(limit)).all())
+
+
+def deliver_due(ctx: Context, *, incident_id: int | None = None) -> list[Outcome]:
+    """The sweep: every due, unclaimed reminder, oldest first. Tests call it directly with a ManualClock."""
+    return [deliver(ctx, reminder_id) for reminder_id in due_ids(ctx, incident_id=incident_id)]
+
+
+def on_announced(ctx: Context, incident_id: int) -> None:
+    # Reminders that came due before the thread existed need not wait for the next sweep.
+    if scheduler(ctx) is not None:
+        deliver_due(ctx, incident_id=incident_id)
+
+
+# ---- texts ----------------------------------------------------------------------------------------------------
+
+
+def _roles(session: Session, incident_id: int) -> dict[str, str]:
+    rows = session.execute(
+        select(RoleAssignment.role, RoleAssignment.user_id).where(RoleAssignment.incident_id == incident_id)
+    ).all()
+    return {role: user for role, user in rows}
+
+
+def _involves_tests(session: Session, incident: Incident) -> bool:
+    """The guide recommends QA "when the failure involved tests": judged from what the team wrote so far."""
+    texts = [incident.title, incident.root_cause or ""]
+    texts += session.scalars(select(Why.text).where(Why.incident_id == incident.id)).all()
+    return any(_TEST_RE.search(text) for text in texts)
+
+
+def render(
+    ctx: Context, session: Session, reminder: Reminder, incident: Incident, *, now: datetime, late: bool,
+    locale: str | None = None,
+) -> RenderedMessage:
+    locale = locale or ctx.locale
+    fmt = ctx.formatter(locale)
+    roles = _roles(session, incident.id)
+    meeting = incident.meeting_at
+    agenda = [(key, meeting + timedelta(minutes=a), meeting + timedelta(minutes=b)) for key, a, b in AGENDA]
+    params: dict[str, Any] = {
+        "incident": incident,
+        "fmt": fmt,
+        "late": late,
+        "due_at": reminder.due_at,
+        "now": now,
+        "roles": roles,
+        "role_order": ctx.settings.roles,
+        "required": [(role, roles.get(role)) for role in REQUIRED_ROLES],
+        "recommended": [(role, roles.get(role)) for role in RECOMMENDED_ROLES],
+        "involves_tests": False,
+        "meeting_at": meeting,
+        "meeting_end": meeting + MEETING_LENGTH,
+        "agenda": agenda,
+        "rca_after": ctx.settings.rca_reminder_after,
+        # Dates appear whenever the times involved fall on more than one local day.
+        "with_date": fmt.spans_days([incident.opened_at, reminder.due_at, now, meeting, meeting + MEETING_LENGTH]),
+        "item": None,
+    }
+    if reminder.kind in (MEETING_PRE, MEETING_START):
+        params["involves_tests"] = _involves_tests(session, incident)
+    if reminder.kind in ACTION_KINDS and reminder.action_item_id is not None:
+        item = session.get_one(ActionItem, reminder.action_item_id)
+        params["item"] = item
+        params["due_date"] = fmt.local_date(item.due_at).isoformat() if item.due_at else ""
+    return ctx.renderer.message(f"reminders/{reminder.kind}", locale, **params)
