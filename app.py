@@ -94,6 +94,9 @@ def _feature_installers() -> list[Callable[[Context], None]]:
     from bot import reminders
 
     installers.append(reminders.install)
+    from bot import lifecycle
+
+    installers.append(lifecycle.install)
     return installers
 
 

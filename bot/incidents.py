@@ -82,7 +82,9 @@ def announcement_context(ctx: Context, session: Session, incident: Incident) -> 
         "role_order": ctx.settings.roles,
         "durations": durations.compute(incident),
         "spans_days": ctx.formatter().spans_days(
-            [incident.deployed_at, incident.opened_at, incident.meeting_at, incident.resolved_at]
+            [incident.deployed_at, incident.started_at, incident.detected_at, incident.rollback_at,
+             incident.recovered_at, incident.opened_at, incident.meeting_at, incident.resolved_at,
+             incident.cancelled_at]
         ),
     }
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
+from bot.clock import ManualClock
 from sandbox.harness import LocalBot
+from sandbox.slack import SlackSandbox
 from storage.models import Incident, TimelineEvent
 
 
@@ -51,3 +56,23 @@ def events(bot: LocalBot, kind: str | None = None) -> list[TimelineEvent]:
         if kind:
             query = query.where(TimelineEvent.kind == kind)
         return list(session.scalars(query).all())
+
+
+@contextmanager
+def clocked_bot(
+    database_url: str, start: datetime, env: dict[str, str] | None = None
+) -> Iterator[tuple[LocalBot, ManualClock]]:
+    """A bot whose clock the test moves; the Slack sandbox stamps messages from the same clock."""
+    clock = ManualClock(start)
+    with SlackSandbox(clock=lambda: clock.now().timestamp()) as slack:
+        bot = LocalBot(env or {}, clock=clock, slack=slack, database_url=database_url)
+        bot.start()
+        try:
+            yield bot, clock
+        finally:
+            bot.stop()
+
+
+def slack_ts(value: datetime) -> str:
+    """The Slack ts of a message posted at `value`."""
+    return f"{value.timestamp():.6f}"
