@@ -97,6 +97,9 @@ def _feature_installers() -> list[Callable[[Context], None]]:
     from bot import lifecycle
 
     installers.append(lifecycle.install)
+    from bot import postmortem
+
+    installers.append(postmortem.install)
     return installers
 
 

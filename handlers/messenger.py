@@ -162,6 +162,10 @@ class SlackMessenger:
             self._names[user_id] = name
         return name
 
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> str:
+        """views.open: a modal for the person whose click or command gave `trigger_id` (valid for 3 s)."""
+        return str(self._call("views_open", trigger_id=trigger_id, view=view)["view"]["id"])
+
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         """conversations.history only holds top-level messages; a thread reply needs conversations.replies."""
         response = self._call("conversations_history", channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1)

@@ -1,11 +1,81 @@
-"""The `/postmortem edit` modal (callback id `postmortem.edit`)."""
+"""The `/postmortem edit` modal (callback id `postmortem.edit`, private_metadata = incident id).
+
+Bad input comes back as Slack's field errors (response_action "errors") and nothing is stored; a good
+submission saves root cause, lessons, prevention and conclusion in one transaction.
+"""
 
 from __future__ import annotations
 
-from slack_bolt import App
+import logging
+from typing import Any
 
+from slack_bolt import Ack, App
+
+from bot import incidents, pm_parsing, postmortem
 from bot.context import Context
+from bot.parsing import UsageError
+from bot.ports import MessengerError
+from storage.models import Incident
+
+log = logging.getLogger(__name__)
+
+
+def submitted_values(view: dict[str, Any]) -> dict[str, str]:
+    values = (view.get("state") or {}).get("values") or {}
+    out: dict[str, str] = {}
+    for block_id, _, _ in postmortem.EDIT_FIELDS:
+        entry = (values.get(block_id) or {}).get("value") or {}
+        value = entry.get("value") if isinstance(entry, dict) else None
+        out[block_id] = value if isinstance(value, str) else ""
+    return out
+
+
+def field_errors(ctx: Context, values: dict[str, str]) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    for block_id in ("root_cause", "conclusion"):
+        if len(values[block_id].strip()) > pm_parsing.MAX_TEXT:
+            errors[block_id] = ctx.say("postmortem.error", code="text_too_long",
+                                       params={"limit": pm_parsing.MAX_TEXT, "length": len(values[block_id])})
+    for block_id in ("lessons", "prevention"):
+        try:
+            pm_parsing.parse_lines(values[block_id], "edit", max_items=postmortem.MAX_NOTES)
+        except UsageError as error:
+            errors[block_id] = ctx.say("postmortem.error", code=error.code, params=error.params)
+    return errors
+
+
+def on_submit(ctx: Context, ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    metadata = str(view.get("private_metadata") or "")
+    user = (body.get("user") or {}).get("id")
+    values = submitted_values(view)
+    errors = field_errors(ctx, values)
+    if errors:
+        ack(response_action="errors", errors=errors)
+        return
+    if not metadata.isdigit():
+        ack()
+        return
+    with ctx.db.session() as session:
+        incident = session.get(Incident, int(metadata))
+        if incident is None:
+            ack()
+            return
+        postmortem.save_edit(session, incident, values, user)
+        incident_id, channel, public_id = incident.id, incident.channel_id, incident.public_id
+    ack()
+    ctx.jobs.submit(_after_save, ctx, incident_id, channel, user, public_id)
+
+
+def _after_save(ctx: Context, incident_id: int, channel: str, user: str | None, public_id: str) -> None:
+    try:
+        incidents.refresh_announcement(ctx, incident_id)
+        if user:
+            ctx.messenger.post_ephemeral(channel, user, ctx.say("postmortem.edit_saved", public_id=public_id))
+    except MessengerError as error:
+        log.warning("after saving the post-mortem edit: %s", error.kind)
 
 
 def register(app: App, ctx: Context) -> None:
-    return None
+    @app.view(postmortem.EDIT_CALLBACK)
+    def edit_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        on_submit(ctx, ack, body, view)
