@@ -31,13 +31,18 @@ def request_team(body: dict[str, Any]) -> str | None:
 
 
 def well_formed(body: dict[str, Any]) -> bool:
+    # Bolt's own middleware reads these without checking their type; wrong types would crash it (500).
+    if any(key in body and not isinstance(body[key], dict) for key in ("event", "view", "container")):
+        return False
+    actions = body.get("actions", [])
+    if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
+        return False
     if body.get("command"):
         return isinstance(body.get("text", ""), str) and bool(body.get("user_id")) and bool(body.get("channel_id"))
     if body.get("type") == "event_callback":
         return isinstance(body.get("event"), dict) and isinstance(body["event"].get("type"), str)
     if body.get("type") == "block_actions":
-        actions = body.get("actions")
-        return isinstance(actions, list) and bool(actions) and all(isinstance(a, dict) for a in actions)
+        return bool(actions)
     if body.get("type") in ("view_submission", "view_closed"):
         return isinstance(body.get("view"), dict)
     return body.get("type") in ("url_verification", "shortcut", "message_action", "block_suggestion")

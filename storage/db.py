@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 # How long a SQLite writer waits for the lock. Under Slack's 3-second ack window, so a command facing a
@@ -35,13 +38,47 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    gate = _writer_gate(engine.url.database or "")
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
         # fails at once with "database is locked" under concurrency instead of waiting its turn.
         # Read-only work (a long report render) stays DEFERRED so it never blocks writers under WAL.
         read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if read_only:
+            connection.exec_driver_sql("BEGIN")
+            return
+        if not gate.acquire(timeout=busy_timeout):
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        connection.info[_GATE_HELD] = gate
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _open_gate(connection)
+            raise
+
+    event.listen(engine, "commit", _open_gate)
+    event.listen(engine, "rollback", _open_gate)
+
+
+_GATE_HELD = "incident_bot_writer_gate"
+_gates: dict[str, threading.Lock] = {}
+_gates_lock = threading.Lock()
+
+
+def _writer_gate(database: str) -> threading.Lock:
+    """One per SQLite file in this process. Writers wait their turn here instead of in SQLite's busy handler,
+    which polls with growing sleeps: under a burst of writers an unlucky one starved past the busy timeout and
+    its event was lost. Other processes are still kept out by SQLite's own lock."""
+    with _gates_lock:
+        return _gates.setdefault(database, threading.Lock())
+
+
+def _open_gate(connection: Any) -> None:
+    gate = connection.info.pop(_GATE_HELD, None)
+    if gate is not None:
+        gate.release()
 
 
 class Database:
