@@ -38,6 +38,7 @@ _USER = re.compile(r"^<@([UW][A-Z0-9]{1,20})(?:\|([^<>]{0,80}))?>$")
 _SUBTEAM = re.compile(r"^<!subteam\^[A-Z0-9]{1,20}(?:\|@?([^<>]{1,80}))?>$")
 _PLAIN_OWNER = re.compile(r"^@([\w.\-가-힣]{1,30})$")
 _ARROW = re.compile(r"\s*(?:→|->|⟶|=>)\s*")
+_HEADLINE = re.compile(r"\s*(?:→|->|⟶|=>)\s*|\s+[—–]\s+")
 _QUOTES = {'"': '"', "“": "”", "„": "“", "'": "'", "‘": "’"}
 
 
@@ -150,8 +151,8 @@ def why_parts(text: str) -> tuple[str | None, str | None]:
 
 
 def headline_parts(text: str) -> tuple[str, str | None]:
-    """A lesson `headline → detail` → the guide's `1. **headline**\\n   - detail`."""
-    parts = _ARROW.split(" ".join((text or "").split()), maxsplit=1)
+    """A lesson `headline → detail` (or `headline — detail`) → the guide's `1. **headline**\\n   - detail`."""
+    parts = _HEADLINE.split(" ".join((text or "").split()), maxsplit=1)
     if len(parts) == 2 and parts[0].strip() and parts[1].strip():
         return parts[0].strip(), parts[1].strip()
     return " ".join((text or "").split()), None
@@ -377,9 +378,10 @@ def parse_impact_value(field: str, value: str) -> Impact:
     if not text:
         raise UsageError("missing_impact_value", "impact", field=field)
     if field == "users":
+        # The guide writes "약 500명 (전체의 1%)"; the report's English reads "about 500 (1% of all users)".
         match = re.fullmatch(
             r"(~|약\s*|about\s*|approx\.?\s*)?(\d{1,3}(?:,\d{3}){1,4}|\d{1,15})\s*(?:명|users?)?"
-            rf"(?:\s*\(?\s*({_NUM})\s*%\s*\)?)?",
+            rf"(?:\s*\(?\s*(?:전체의\s*)?({_NUM})\s*%(?:\s*of\s+(?:all\s+)?users)?\s*\)?)?",
             text, re.IGNORECASE,
         )
         if not match:

@@ -112,21 +112,21 @@ def _timeline_rows(
             if highlighted or kind == "pin":
                 description = "📌 " + description
             who = people.get((author_id, author_name, system))
-            if who is None:
-                label = author_name or names.get(author_id or "") or author_id or ("incident-bot" if system else "-")
+            if who is None:  # the person's best-known name, so a handle from a command reads like the rest
+                label = names.get(author_id or "") or author_name or author_id or ("incident-bot" if system else "-")
                 who = people[(author_id, author_name, system)] = cell(label)
             append(f"| {time_cell} | {description} | {who} |\n")
         yield Markup("".join(lines))
 
 
-def _names(session: Session, incident_id: int, wanted: set[str]) -> dict[str, str]:
-    """Display names for the ids the report shows outside the timeline (owners, roles): two queries,
-    whatever the size of the timeline.
+def _names(session: Session, incident_id: int) -> dict[str, str]:
+    """Display names for every id the report shows (owners, roles, the timeline's "who"): two queries, whatever
+    the size of the timeline.
 
-    Names recorded with role and action-item events come first; the names people had on their own thread
-    replies (from their Slack profile) win over them.
+    Precedence: the names people had on their own thread replies (their Slack profile's display name), then
+    names recorded with role and action-item events, then the handles Slack sends with slash commands.
     """
-    names: dict[str, str] = {}
+    data_names: dict[str, str] = {}
     data_rows = session.scalars(
         select(TimelineEvent.data).where(
             TimelineEvent.incident_id == incident_id, TimelineEvent.kind == "system",
@@ -137,17 +137,16 @@ def _names(session: Session, incident_id: int, wanted: set[str]) -> dict[str, st
         id_key, name_key = _NAMED_ACTIONS.get((data or {}).get("action"), ("", ""))
         user_id, name = (data or {}).get(id_key), (data or {}).get(name_key)
         if isinstance(user_id, str) and isinstance(name, str) and name:
-            names[user_id] = name
+            data_names[user_id] = name
+    is_command = TimelineEvent.kind == "system"
     rows = session.execute(
-        select(TimelineEvent.author_id, func.max(TimelineEvent.author_name))
-        .where(
-            TimelineEvent.incident_id == incident_id, TimelineEvent.author_id.in_(sorted(wanted)),
-            TimelineEvent.author_name.is_not(None),
-        )
-        .group_by(TimelineEvent.author_id)
+        select(TimelineEvent.author_id, is_command, func.max(TimelineEvent.author_name))
+        .where(TimelineEvent.incident_id == incident_id, TimelineEvent.author_name.is_not(None))
+        .group_by(TimelineEvent.author_id, is_command)
     ).all()
-    names.update({author_id: name for author_id, name in rows if author_id and name})
-    return names
+    handles = {author: name for author, command, name in rows if command and author and name}
+    profiles = {author: name for author, command, name in rows if not command and author and name}
+    return {**handles, **data_names, **profiles}
 
 
 # --------------------------------------------------------------------------------------------- Markdown
@@ -212,7 +211,7 @@ def build_context(ctx: Context, session: Session, incident: Incident, locale: st
     roles = dict(session.execute(  # type: ignore[arg-type]
         select(RoleAssignment.role, RoleAssignment.user_id).where(RoleAssignment.incident_id == incident.id)
     ).all())
-    names = _names(session, incident.id, {*roles.values(), *(a.owner_id for a in actions if a.owner_id)})
+    names = _names(session, incident.id)
     spans_days = fmt.spans_days([*milestone_values, ctx.clock.now() if incident.is_open else None])
     whys = session.execute(
         select(Why.position, Why.text).where(Why.incident_id == incident.id).order_by(Why.position)

@@ -246,6 +246,7 @@ def play(s: Scenario) -> None:
         "성능 회귀 테스트 추가",
     ):
         s.command(SENA, "/postmortem", f"prevent {prevent}")
+    write_conclusion(s)
     tick_checklist(s)
 
     s.at("18:05", "보고")
@@ -253,6 +254,28 @@ def play(s: Scenario) -> None:
     s.command(SENA, "/postmortem", "report en")
     s.at("18:10", "회의 이후")
     s.remind()
+
+
+def write_conclusion(s: Scenario) -> None:
+    """The longer text goes through `/postmortem edit`: the modal opens prefilled and Sena adds the conclusion."""
+    s.command(SENA, "/postmortem", "edit")
+    view = s.bot.slack.views()[-1]
+    values = {
+        b["block_id"]: {"value": {"type": "plain_text_input", "value": b["element"].get("initial_value") or ""}}
+        for b in view["blocks"] if b["type"] == "input"
+    }
+    values["conclusion"]["value"]["value"] = (
+        "이번 사건은 **프로덕션 데이터 크기를 고려한 테스트의 중요성**을 명확히 보여주었습니다.\n"
+        "앞으로는 테스트 환경과 프로덕션 환경의 차이를 최소화하여 이런 문제를 예방하겠습니다."
+    )
+    response = s.driver.view_submission(
+        "postmortem.edit", values, user=SENA, private_metadata=view["private_metadata"], view_id=view["id"]
+    )
+    if response.status_code != 200:
+        s.t.emit(f"(edit submission failed: HTTP {response.status_code})")
+    s.bot.settle()
+    s.t.person(SENA, "편집 창에서 결론을 작성하고 저장")
+    s.t.flush()
 
 
 def tick_checklist(s: Scenario) -> None:

@@ -46,7 +46,10 @@ def test_why_parts_follow_the_guides_question_and_answer() -> None:
     assert p.why_parts("프로덕션 데이터 크기를 고려하지 않음") == (None, "프로덕션 데이터 크기를 고려하지 않음")
     assert p.headline_parts("테스트 데이터 크기가 중요하다 → 프로덕션 크기 반영") == (
         "테스트 데이터 크기가 중요하다", "프로덕션 크기 반영")
+    assert p.headline_parts("성능 테스트는 필수다 — 부하 테스트 없이 배포하면 안 됨") == (
+        "성능 테스트는 필수다", "부하 테스트 없이 배포하면 안 됨")
     assert p.headline_parts("성능 테스트는 필수다") == ("성능 테스트는 필수다", None)
+    assert p.headline_parts("N+1—감지") == ("N+1—감지", None)  # a dash inside a word is not a separator
 
 
 def test_plain_text_turns_slack_markup_into_words() -> None:
@@ -119,6 +122,8 @@ def test_action_errors(text: str, code: str) -> None:
         ("users 500", "500"),
         ("users ~500 (1%)", "~500 (1%)"),
         ("users 약 1,200명", "~1200"),
+        ("users 약 500명 (전체의 1%)", "~500 (1%)"),  # the guide's own wording
+        ("users about 500 (1% of all users)", "~500 (1%)"),
         ("error-rate 0.5%→9%", "0.5%→9%"),
         ("error-rate 0.5% -> 9.0%", "0.5%→9%"),
         ("에러율 9%", "9%"),

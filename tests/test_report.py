@@ -74,6 +74,7 @@ def _guide_incident(bot: LocalBot) -> str:
             rollback_at=DEPLOY + timedelta(minutes=37), recovered_at=DEPLOY + timedelta(minutes=38),
         ))
     bot.driver.say(CHANNEL, "U0LEMUN", "P95 응답시간 증가 확인했습니다", thread_ts=thread_ts)
+    bot.driver.say(CHANNEL, "U0SENA", "롤백 결정합니다", thread_ts=thread_ts)
     for command in (
         "impact users ~500 (1%)", "impact error-rate 0.5%→9%", "impact p95 150ms→450ms", "impact availability 90.5%",
         "root-cause 추천 엔진의 N+1 쿼리 문제로 인해 응답 시간이 과도하게 증가했습니다.",
@@ -119,6 +120,8 @@ def test_the_report_reads_like_the_guides_example(guide_bot: LocalBot) -> None:
         "- **응답시간 (P95)**: 150ms → 450ms (3배 증가)",
         "- **기능 가용성**: 90.5%",
         "| 14:36 | P95 응답시간 증가 확인했습니다 | Lemun |",
+        # Sena opened it with a command (Slack sent the handle "sena"); her profile name from her reply wins.
+        "| 14:36 | 사건 등록: Phase 4 Canary 배포 실패 (응답시간 증가) (심각도 HIGH) | Sena |",
         "5. **왜 테스트 데이터가 작았나?**\n   - 프로덕션 데이터 크기(50M행)를 고려하지 않음",
         "| P0 | N+1 쿼리 수정 (조인으로 변경) | Gitco | 2025-10-24 | [  ] |",
         "| P2 | 데이터베이스 모니터링 강화 | Lemun | 2025-10-29 | [  ] |",
