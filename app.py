@@ -100,6 +100,9 @@ def _feature_installers() -> list[Callable[[Context], None]]:
     from bot import postmortem
 
     installers.append(postmortem.install)
+    from bot.evidence import service as evidence
+
+    installers.append(evidence.install)
     return installers
 
 

@@ -2,10 +2,64 @@
 
 from __future__ import annotations
 
-from slack_bolt import App
+import logging
+from typing import Any
 
+from slack_bolt import Ack, App, Respond
+
+from bot import lifecycle
 from bot.context import Context
+from bot.evidence import service, view
+from bot.ports import MessengerError
+from storage.models import Incident
+
+log = logging.getLogger(__name__)
 
 
 def register(app: App, ctx: Context) -> None:
-    return None
+    @app.action(service.CONFIRM_RECOVERED)
+    def confirm_recovered(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        confirm(ctx, body, respond)
+
+
+def _ephemeral(respond: Respond, text: str) -> None:
+    respond(response_type="ephemeral", replace_original=False, text=text)
+
+
+def confirm(ctx: Context, body: dict[str, Any], respond: Respond) -> None:
+    """Records the `recovered` milestone at the time a passing verification measured, then redraws that message
+    without its button. A stale or forged value changes nothing."""
+    action = (body.get("actions") or [{}])[0]
+    parsed = service.parse_confirm_value(str(action.get("value") or ""))
+    user = body.get("user") or {}
+    user_id, user_name = str(user.get("id") or ""), user.get("name") or user.get("username")
+    payload = service.stored_verify(ctx, parsed[0], parsed[1]) if parsed else None
+    if parsed is None or payload is None:
+        _ephemeral(respond, ctx.say("evidence.confirm_invalid"))
+        return
+    incident_id, at = parsed
+    result = lifecycle.set_milestone(ctx, incident_id, "recovered", at, user_id, user_name)
+    if not result.ok:
+        error = lifecycle.refusal(ctx, incident_id, result, usage="milestone")
+        reason = ctx.say("incident.error", code=error.code, params=error.params)
+        _ephemeral(respond, f"{ctx.say('evidence.confirm_failed')}\n{reason}")
+        return
+    with ctx.db.session() as session:
+        recorded = session.get_one(Incident, incident_id).recovered_at
+    v = view.verify_view_from_payload(payload)
+    v.confirmed_by, v.confirmed_at = user_id, recorded or result.at
+    container = body.get("container") or {}
+    channel = container.get("channel_id") or (body.get("channel") or {}).get("id")
+    message_ts = container.get("message_ts")
+    if channel and message_ts:
+        ctx.jobs.submit(_redraw, ctx, incident_id, channel, message_ts, v)
+
+
+def _redraw(ctx: Context, incident_id: int, channel: str, ts: str, v: view.VerifyView) -> None:
+    message = service.render_verify(ctx, incident_id, v)
+    try:
+        ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
+    except MessengerError as error:
+        # The milestone is stored and the announcement shows it; only the button stays behind.
+        log.warning("could not redraw the verification message: %s", error.kind)

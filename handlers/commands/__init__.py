@@ -100,7 +100,7 @@ def dispatch(
 
 def register(app: App, ctx: Context) -> None:
     # Importing the per-domain modules fills the tables above.
-    from handlers.commands import incident, lifecycle, pm_content, postmortem, reminders  # noqa: F401
+    from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders  # noqa: F401
 
     @app.command("/incident")
     def incident_command(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
