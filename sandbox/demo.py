@@ -27,9 +27,9 @@ DAY = datetime(2025, 10, 22, tzinfo=UTC)
 SENA, LEMUN, GITCO, LUBIT, MONITOR = "U0SENA", "U0LEMUN", "U0GITCO", "U0LUBIT", "U0MONITOR"
 
 
-def at(hhmm: str) -> datetime:
+def at(hhmm: str, days_later: int = 0) -> datetime:
     hours, minutes = (int(part) for part in hhmm.split(":"))
-    return DAY + timedelta(hours=hours, minutes=minutes)
+    return DAY + timedelta(days=days_later, hours=hours, minutes=minutes)
 
 
 class Transcript:
@@ -49,7 +49,9 @@ class Transcript:
 
     def heading(self, clock: ManualClock, title: str) -> None:
         self.emit()
-        self.emit(f"── {clock.now().strftime('%H:%M')} UTC · {title} " + "─" * max(0, 60 - len(title)))
+        now = clock.now()
+        stamp = now.strftime("%H:%M") if now.date() == DAY.date() else now.strftime("%Y-%m-%d %H:%M")
+        self.emit(f"── {stamp} UTC · {title} " + "─" * max(0, 60 - len(title)))
 
     def person(self, user: str, text: str, where: str = "") -> None:
         place = f" {where}" if where else ""
@@ -116,8 +118,8 @@ class Scenario:
     def driver(self) -> Any:
         return self.bot.driver
 
-    def at(self, hhmm: str, title: str) -> None:
-        self.clock.set(at(hhmm))
+    def at(self, hhmm: str, title: str, days_later: int = 0) -> None:
+        self.clock.set(at(hhmm, days_later))
         self.t.heading(self.clock, title)
 
     def command(self, user: str, command: str, text: str) -> Any:
@@ -139,7 +141,10 @@ class Scenario:
         self.t.flush()
 
     def remind(self) -> None:
-        self.bot.runtime.sweep()
+        """Delivers what has fallen due on the scenario clock, as the scheduler would in real time."""
+        from bot import reminders
+
+        reminders.deliver_due(self.bot.ctx)
         self.t.flush()
 
 
@@ -189,7 +194,7 @@ def play(s: Scenario) -> None:
     s.command(SENA, "/incident", f"role devops <@{LUBIT}|lubit>")
     s.command(SENA, "/incident", f"role monitoring <@{LEMUN}|lemun>")
     s.say(LEMUN, "p95 850ms, 에러율 9% 확인. canary 리비전에서만 발생하고 있습니다")
-    s.at("14:36", "롤백 결정")
+    s.at("14:35", "롤백 결정")
     decision = s.say(SENA, "롤백 결정합니다. 트래픽 100% legacy로 돌립니다")
     s.react(SENA, decision, "rewind")
     s.command(SENA, "/incident", "status identified")
@@ -228,7 +233,9 @@ def play(s: Scenario) -> None:
     s.at("17:15", "개선사항 도출 · 액션 아이템 정리")
     s.command(SENA, "/postmortem", f'action P0 "N+1 쿼리 수정 (조인으로 변경)" <@{GITCO}|gitco> due:2d impact:critical')
     s.command(SENA, "/postmortem", f'action P1 "추천 엔진 성능 테스트 추가" <@{GITCO}|gitco> due:1w impact:high')
-    s.command(SENA, "/postmortem", f'action P1 "Staging 데이터 크기 프로덕션 동기화" <@{LUBIT}|lubit> due:1w impact:high')
+    s.command(
+        SENA, "/postmortem", f'action P1 "Staging 데이터 크기 프로덕션 동기화" <@{LUBIT}|lubit> due:1w impact:high'
+    )
     s.command(SENA, "/postmortem", f'action P2 "데이터베이스 모니터링 강화" <@{LEMUN}|lemun> due:1w impact:medium')
     s.command(LEMUN, "/postmortem", "impact users 약 500명 (전체의 1%)")
     s.command(LEMUN, "/postmortem", "impact availability 90.5%")
@@ -253,6 +260,10 @@ def play(s: Scenario) -> None:
     s.command(SENA, "/postmortem", "report")
     s.command(SENA, "/postmortem", "report en")
     s.at("18:10", "회의 이후")
+    s.remind()
+    s.at("09:00", "액션 아이템 기한 (P0, 2일)", days_later=2)
+    s.remind()
+    s.at("09:00", "기한이 지난 액션 아이템", days_later=3)
     s.remind()
 
 
