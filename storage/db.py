@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 # database that stays locked still answers "database unavailable" in time instead of never answering.
 SQLITE_BUSY_TIMEOUT = 2.0
 READ_ONLY_OPTION = "incident_bot_read_only"
+PG_CONNECT_TIMEOUT = 2
 
 
 def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any) -> Engine:
@@ -23,7 +24,11 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs
         engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **kwargs)
         _configure_sqlite(engine, busy_timeout)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    # A database proxy that accepts and never answers would otherwise hang a request past Slack's ack window
+    # (libpq waits forever by default); 2 s is libpq's smallest connect_timeout. A URL may set its own.
+    connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": PG_CONNECT_TIMEOUT}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args,
+                         **kwargs)
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:

@@ -348,11 +348,13 @@ def test_sqlite_locked_briefly_just_waits(slack: SlackSandbox, tmp_path: Any) ->
 
 
 class TcpProxy:
-    """A loopback TCP relay in front of PostgreSQL that can be cut (server gone) and restored."""
+    """A loopback TCP relay in front of PostgreSQL that can be cut (server gone) and restored, or made to
+    hang (accepts connections and never answers, like a database proxy whose instance is unreachable)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
         self.port = 0
+        self.hanging = False
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -373,6 +375,10 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.hanging:
+                with self._lock:
+                    self._conns.append(client)
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:
@@ -395,7 +401,12 @@ class TcpProxy:
 
     def cut(self) -> None:
         assert self._listener is not None
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone doesn't
         self._listener.close()
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
@@ -411,14 +422,25 @@ class TcpProxy:
         finally:
             self.restore()
 
+    @contextlib.contextmanager
+    def hang(self) -> Iterator[None]:
+        self.hanging = True
+        self._drop_connections()
+        try:
+            yield
+        finally:
+            self.hanging = False
+            self._drop_connections()
+
 
 @pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL"), reason="needs PostgreSQL (TEST_DATABASE_URL)")
-def test_postgresql_unreachable(slack: SlackSandbox, database_url: str) -> None:
+@pytest.mark.parametrize("mode", ["refused", "hanging"])
+def test_postgresql_unreachable(slack: SlackSandbox, database_url: str, mode: str) -> None:
     direct = make_url(database_url)
     proxy = TcpProxy(direct.host or "127.0.0.1", direct.port or 5432)
     proxied = direct.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     try:
         with LocalBot(slack=slack, database_url=proxied) as bot:
-            check_database_outage(bot, proxy.outage, database_url)
+            check_database_outage(bot, proxy.outage if mode == "refused" else proxy.hang, database_url)
     finally:
         proxy.cut()
