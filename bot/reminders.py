@@ -5,7 +5,8 @@ one conditional UPDATE (not sent, not cancelled, due, claim free), posts in the 
 sent. So a reminder due while the process was down is posted once when it is back (marked late after
 LATE_AFTER), two processes on one database post it once, and a Slack failure releases the claim for a later
 retry with backoff. APScheduler (bot/scheduler.py) fires a job at each due time, and a sweep every
-SWEEP_SECONDS (and once at start) delivers whatever is due and unclaimed.
+SWEEP_SECONDS (and once at start) delivers whatever is due and unclaimed; the runtime's own retry sweep does
+too. SCHEDULER_ENABLED=false keeps a process out of all of it; correctness never depends on that setting.
 
 Policy, decided here:
 - At open: RCA kickoff at open + RCA_REMINDER_AFTER; pre-meeting 10 minutes before the meeting (skipped when
@@ -91,6 +92,7 @@ def install(ctx: Context) -> None:
     ctx.hook("on_reopened", on_reopened)
     ctx.hook("on_meeting_moved", on_meeting_moved)
     ctx.hook("on_start", start)
+    ctx.hook("on_sweep", sweep)
     ctx.hook("on_stop", stop)
 
 
@@ -119,6 +121,13 @@ def start(ctx: Context) -> None:
         ).all()
     for reminder_id, due_at in future:
         sched.schedule(f"{__name__}:run_reminder", reminder_job_id(reminder_id), due_at, [reminder_id])
+
+
+def sweep(ctx: Context) -> None:
+    """The runtime's retry sweep delivers too (a second net, and what a script driving `runtime.sweep()` uses);
+    a process told SCHEDULER_ENABLED=false sends no reminders of its own accord."""
+    if ctx.settings.scheduler_enabled:
+        deliver_due(ctx)
 
 
 def stop(ctx: Context) -> None:
@@ -214,7 +223,8 @@ def _set(
     ctx: Context, session: Session, incident_id: int, kind: str, due_at: datetime, *,
     action_item_id: int | None = None, always: bool = False,
 ) -> Reminder | None:
-    """Creates or moves one reminder. Moving a sent one re-arms it (the meeting moved, a new due date)."""
+    """Creates, moves or revives one reminder. A sent one is posted again only when its time changes (the meeting
+    moved, a new due date); a cancelled one comes back when it is scheduled again (an action item reopened)."""
     now = ctx.clock.now()
     reminder = _find(session, incident_id, kind, action_item_id)
     passed = due_at < now and not always
@@ -224,8 +234,8 @@ def _set(
         reminder = Reminder(incident_id=incident_id, kind=kind, action_item_id=action_item_id, due_at=due_at,
                             attempts=0, late=False)
         session.add(reminder)
-    elif reminder.due_at == due_at and reminder.last_error not in (SKIPPED_PASSED, CANCELLED_WITH_INCIDENT):
-        return reminder  # unchanged: keep whatever state it is in (sent stays sent, no second post)
+    elif reminder.due_at == due_at and reminder.cancelled_at is None:
+        return reminder  # unchanged: pending stays pending, sent stays sent (no second post)
     elif passed:
         if not _cancel(reminder, now, SKIPPED_PASSED):
             return reminder
@@ -375,15 +385,53 @@ def retry_delay(attempts: int) -> timedelta:
     return min(RETRY_BASE * (2 ** max(0, attempts - 1)), RETRY_MAX)
 
 
+@dataclass(frozen=True)
+class _Post:
+    channel: str
+    thread_ts: str
+    due_at: datetime
+    late: bool
+    message: RenderedMessage
+    public_id: str
+    kind: str
+
+
 def deliver(ctx: Context, reminder_id: int) -> Outcome:
     """Posts one reminder if it is due and nobody else has it. Safe to call any number of times, anywhere."""
     now = ctx.clock.now()
     if not _claim(ctx, reminder_id, now):
         return Outcome("not_claimed", reminder_id)
+    try:
+        post = _prepare(ctx, reminder_id, now)
+    except Exception as error:
+        # A bug or a database hiccup must not leave the row claimed for good: back off and try again.
+        log.exception("reminder %s could not be prepared", reminder_id)
+        return _failed(ctx, reminder_id, type(error).__name__, str(error)[:500], "", "")
+    if isinstance(post, Outcome):
+        return post
+    try:
+        ts = ctx.messenger.post_message(post.channel, post.message.text, blocks=post.message.blocks,
+                                        thread_ts=post.thread_ts)
+    except MessengerError as error:
+        return _failed(ctx, reminder_id, error.kind, str(error), post.public_id, post.kind)
     with ctx.db.session() as session:
+        # Only if the row still describes what we posted: a meeting moved meanwhile re-armed it for the new time.
+        session.execute(
+            update(Reminder)
+            .where(Reminder.id == reminder_id, Reminder.due_at == post.due_at, Reminder.sent_at.is_(None))
+            .values(sent_at=ctx.clock.now(), message_ts=ts, late=post.late, claimed_until=None, last_error=None)
+        )
+    log.info("reminder sent%s", " late" if post.late else "",
+             extra={"json_fields": {"incident_id": post.public_id, "reminder": post.kind}})
+    return Outcome("sent", reminder_id)
+
+
+def _prepare(ctx: Context, reminder_id: int, now: datetime) -> _Post | Outcome:
+    """The claimed reminder's message, or why it is not posted (dropped, or waiting for the thread)."""
+    with ctx.db.read() as session:
         reminder = session.get_one(Reminder, reminder_id)
         incident_id, kind = reminder.incident_id, reminder.kind
-    # A report check opens its own session: keep it outside ours.
+    # The report check opens its own session: keep it outside ours.
     has_report = kind == REPORT_NUDGE and reports.has_posted_report(ctx, incident_id)
     with ctx.db.session() as session:
         reminder = session.get_one(Reminder, reminder_id)
@@ -394,48 +442,34 @@ def deliver(ctx: Context, reminder_id: int) -> Outcome:
             log.info("reminder dropped: %s", reason,
                      extra={"json_fields": {"incident_id": incident.public_id, "reminder": kind}})
             return Outcome("skipped", reminder_id, reason)
-        thread_ts = incident.announcement_ts
-        due_at = reminder.due_at
-        late = now - due_at > LATE_AFTER
-        message = render(ctx, session, reminder, incident, now=now, late=late) if thread_ts else None
-        channel, public_id = incident.channel_id, incident.public_id
-    if thread_ts is None or message is None:
-        # The announcement (the thread's parent) is still being posted or retried: look again shortly.
-        _release(ctx, reminder_id, now + THREAD_WAIT, last_error="waiting for the incident thread")
-        return Outcome("waiting", reminder_id)
-    try:
-        ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts)
-    except MessengerError as error:
-        return _failed(ctx, reminder_id, error, public_id, kind)
-    with ctx.db.session() as session:
-        # Only if the row still describes what we posted: a meeting moved meanwhile re-armed it for the new time.
-        session.execute(
-            update(Reminder)
-            .where(Reminder.id == reminder_id, Reminder.due_at == due_at, Reminder.sent_at.is_(None))
-            .values(sent_at=ctx.clock.now(), message_ts=ts, late=late, claimed_until=None, last_error=None)
-        )
-    log.info("reminder sent%s", " late" if late else "",
-             extra={"json_fields": {"incident_id": public_id, "reminder": kind}})
-    return Outcome("sent", reminder_id)
+        if incident.announcement_ts is not None:
+            late = now - reminder.due_at > LATE_AFTER
+            return _Post(
+                channel=incident.channel_id, thread_ts=incident.announcement_ts, due_at=reminder.due_at, late=late,
+                message=render(ctx, session, reminder, incident, now=now, late=late), public_id=incident.public_id,
+                kind=kind,
+            )
+    # The announcement (the thread's parent) is still being posted or retried: look again shortly.
+    _release(ctx, reminder_id, now + THREAD_WAIT, last_error="waiting for the incident thread")
+    return Outcome("waiting", reminder_id)
 
 
-def _failed(ctx: Context, reminder_id: int, error: MessengerError, public_id: str, kind: str) -> Outcome:
+def _failed(ctx: Context, reminder_id: int, error_kind: str, detail: str, public_id: str, kind: str) -> Outcome:
     now = ctx.clock.now()
+    fields = {"json_fields": {"incident_id": public_id, "reminder": kind}}
     with ctx.db.session() as session:
         attempts = int(session.get_one(Reminder, reminder_id).attempts) + 1
         if attempts >= MAX_ATTEMPTS:
             session.execute(
                 update(Reminder).where(Reminder.id == reminder_id).values(
-                    attempts=attempts, cancelled_at=now, claimed_until=None, last_error=f"gave up: {error}"
+                    attempts=attempts, cancelled_at=now, claimed_until=None, last_error=f"gave up: {detail}"
                 )
             )
-            log.error("reminder given up after %d attempts: %s", attempts, error.kind,
-                      extra={"json_fields": {"incident_id": public_id, "reminder": kind}})
+            log.error("reminder given up after %d attempts: %s", attempts, error_kind, extra=fields)
             return Outcome("failed", reminder_id, "gave up")
-    _release(ctx, reminder_id, now + retry_delay(attempts), attempts=attempts, last_error=str(error))
-    log.warning("reminder post failed (%s); retrying in %s", error.kind, retry_delay(attempts),
-                extra={"json_fields": {"incident_id": public_id, "reminder": kind}})
-    return Outcome("failed", reminder_id, error.kind)
+    _release(ctx, reminder_id, now + retry_delay(attempts), attempts=attempts, last_error=detail)
+    log.warning("reminder post failed (%s); retrying in %s", error_kind, retry_delay(attempts), extra=fields)
+    return Outcome("failed", reminder_id, error_kind)
 
 
 def due_ids(ctx: Context, *, incident_id: int | None = None, limit: int = 200) -> list[int]:

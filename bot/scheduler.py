@@ -77,6 +77,10 @@ class ReminderScheduler:
         self._engine = engine
         self._sweep_function = sweep_function
         self._sweep_seconds = sweep_seconds
+        # "Running job …" twice per sweep is noise in Cloud Logging; failures still log at WARNING and above.
+        for name in ("apscheduler.executors.default", "apscheduler.scheduler"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.scheduler = _ResilientScheduler(
             jobstores={
                 "default": SharedSQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE),

@@ -65,26 +65,23 @@ def incident_row(bot: LocalBot) -> Incident:
         return session.scalars(select(Incident).order_by(Incident.id.desc())).first()  # type: ignore[return-value]
 
 
+def command(bot: LocalBot, command: str, text: str) -> dict[str, Any]:
+    response = bot.driver.command(command, text)
+    assert response.status_code == 200, response.text
+    bot.settle()
+    return dict(response.json())
+
+
 def assign(bot: LocalBot, **roles: str) -> None:
-    # Role commands belong to the lifecycle domain; these tests only need the stored assignments.
-    incident = incident_row(bot)
+    for role, user in roles.items():
+        command(bot, "/incident", f"role {role} <@{user}|{user[3:].lower()}>")
     with bot.ctx.db.session() as session:
-        for role, user in roles.items():
-            session.add(RoleAssignment(incident_id=incident.id, role=role, user_id=user, assigned_at=T0))
+        assert len(session.scalars(select(RoleAssignment)).all()) >= len(roles)
 
 
-def close(bot: LocalBot, status: str) -> None:
-    """What the lifecycle domain does when the status becomes resolved or cancelled: fires on_closed."""
-    incident = incident_row(bot)
-    with bot.ctx.db.session() as session:
-        row = session.get_one(Incident, incident.id)
-        row.status = status
-        if status == "cancelled":
-            row.cancelled_at = bot.ctx.clock.now()
-        else:
-            row.resolved_at = bot.ctx.clock.now()
-        session.flush()
-        bot.ctx.fire("on_closed", session, row)
+def set_status(bot: LocalBot, status: str) -> None:
+    command(bot, "/incident", f"status {status}")
+    assert incident_row(bot).status == status
 
 
 def deliver(bot: LocalBot) -> list[reminders.Outcome]:
@@ -160,8 +157,7 @@ def test_rca_kickoff_in_english(manual_bot: LocalBot, clock: ManualClock) -> Non
 
 def test_rca_kickoff_is_dropped_once_the_root_cause_is_recorded(manual_bot: LocalBot, clock: ManualClock) -> None:
     _, thread_ts = open_incident(manual_bot)
-    with manual_bot.ctx.db.session() as session:
-        session.get_one(Incident, incident_row(manual_bot).id).root_cause = "추천 엔진 N+1 쿼리"
+    command(manual_bot, "/postmortem", "root-cause 추천 엔진 N+1 쿼리")
     clock.advance(timedelta(minutes=30))
     outcomes = deliver(manual_bot)
     assert [o.status for o in outcomes] == ["skipped"]
@@ -346,31 +342,27 @@ def test_bad_meeting_input_answers_ephemerally_and_stores_nothing(
 def test_cancelling_cancels_every_pending_reminder(manual_bot: LocalBot, clock: ManualClock) -> None:
     _, thread_ts = open_incident(manual_bot)
     clock.advance(timedelta(minutes=5))
-    close(manual_bot, "cancelled")
+    set_status(manual_bot, "cancelled")
     assert all(r.cancelled_at is not None and r.sent_at is None for r in rows(manual_bot))
     clock.set(T0 + timedelta(hours=5))
     assert deliver(manual_bot) == []
-    assert thread_texts(manual_bot, thread_ts) == []
+    assert reminder_texts(manual_bot, thread_ts) == []
     body = manual_bot.driver.command("/incident", "meeting 18:00").json()
     assert "취소되어 Post-Mortem 회의가 없습니다" in body["text"]
 
 
 def test_reopening_restores_what_the_cancellation_took(manual_bot: LocalBot, clock: ManualClock) -> None:
     _, thread_ts = open_incident(manual_bot)
-    close(manual_bot, "cancelled")
+    set_status(manual_bot, "cancelled")
     clock.advance(timedelta(minutes=45))  # the RCA kickoff's moment passes while cancelled
-    with manual_bot.ctx.db.session() as session:
-        row = session.get_one(Incident, incident_row(manual_bot).id)
-        row.status, row.cancelled_at = "investigating", None
-        session.flush()
-        manual_bot.ctx.fire("on_reopened", session, row)
+    set_status(manual_bot, "investigating")  # reopens it
     pending = {r.kind for r in rows(manual_bot) if r.cancelled_at is None}
     assert pending == {"meeting_pre", "meeting_start", "report_nudge"}
     clock.set(T0 + timedelta(minutes=110))
     assert sent(deliver(manual_bot)) == 1
     clock.set(T0 + timedelta(hours=2))
     assert sent(deliver(manual_bot)) == 1
-    assert len(thread_texts(manual_bot, thread_ts)) == 2
+    assert len(reminder_texts(manual_bot, thread_ts)) == 2
 
 
 def test_resolving_keeps_the_postmortem_and_drops_what_says_nothing_new(
@@ -379,24 +371,22 @@ def test_resolving_keeps_the_postmortem_and_drops_what_says_nothing_new(
     # The guide's flow: rollback done and resolved within 20 minutes; the RCA and meeting come after recovery.
     _, thread_ts = open_incident(manual_bot)
     clock.advance(timedelta(minutes=20))
-    close(manual_bot, "resolved")
+    set_status(manual_bot, "resolved")
     assert all(r.cancelled_at is None for r in rows(manual_bot))
     clock.set(T0 + timedelta(minutes=110))
     assert sent(deliver(manual_bot)) == 2  # the RCA kickoff and the pre-meeting reminder
     clock.set(T0 + timedelta(hours=2))
     assert sent(deliver(manual_bot)) == 1  # the meeting start
 
-    # Once the root cause and the report exist, resolving a reopened incident drops the nudge at once.
-    with manual_bot.ctx.db.session() as session:
-        session.get_one(Incident, incident_row(manual_bot).id).root_cause = "N+1 쿼리"
-    manual_bot.driver.command("/postmortem", "report")
-    manual_bot.settle()
-    close(manual_bot, "resolved")
+    # Once the report exists, resolving again (after a reopen) drops the nudge at once.
+    command(manual_bot, "/postmortem", "report")
+    set_status(manual_bot, "investigating")
+    set_status(manual_bot, "resolved")
     [nudge] = rows(manual_bot, "report_nudge")
     assert nudge.cancelled_at is not None and nudge.sent_at is None
     clock.set(T0 + timedelta(hours=4))
     assert deliver(manual_bot) == []
-    assert len([t for t in thread_texts(manual_bot, thread_ts) if not t.startswith("📄")]) == 3
+    assert len(reminder_texts(manual_bot, thread_ts)) == 3
 
 
 # ---- failures, restarts, replicas -----------------------------------------------------------------------------
@@ -424,6 +414,24 @@ def test_slack_500s_are_retried_later_and_delivered_once(manual_bot: LocalBot, c
     clock.advance(timedelta(hours=1))
     deliver(manual_bot)
     assert sum("근본 원인 분석 (RCA)" in t for t in thread_texts(manual_bot, thread_ts)) == 1
+
+
+def test_a_reminder_that_slack_keeps_refusing_is_given_up_with_its_reason(
+    manual_bot: LocalBot, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reminders, "MAX_ATTEMPTS", 2)
+    _, thread_ts = open_incident(manual_bot)
+    clock.advance(timedelta(minutes=30))
+    manual_bot.slack.fail("chat.postMessage", 200, times=2, error="channel_not_found")
+    assert [o.status for o in deliver(manual_bot)] == ["failed"]
+    clock.advance(reminders.retry_delay(1) + timedelta(seconds=1))
+    assert [(o.status, o.detail) for o in deliver(manual_bot)] == [("failed", "gave up")]
+    [rca] = rows(manual_bot, "rca_kickoff")
+    assert rca.attempts == 2 and rca.sent_at is None and rca.cancelled_at is not None
+    assert (rca.last_error or "").startswith("gave up: channel_not_found")
+    clock.advance(timedelta(hours=1))
+    assert [o.status for o in deliver(manual_bot)] == []
+    assert thread_texts(manual_bot, thread_ts) == []
 
 
 def test_a_reminder_waits_for_the_incident_thread(manual_bot: LocalBot, clock: ManualClock) -> None:
@@ -495,6 +503,28 @@ def test_two_bots_on_one_database_deliver_each_reminder_once(
             bot.stop()
 
 
+def test_the_runtime_sweep_delivers_unless_the_scheduler_is_disabled(
+    slack: SlackSandbox, database_url: str, clock: ManualClock
+) -> None:
+    disabled = _start(slack, database_url, clock)  # SCHEDULER_ENABLED=false
+    try:
+        _, thread_ts = open_incident(disabled)
+        clock.advance(timedelta(minutes=30))
+        disabled.runtime.sweep()
+        assert slack.thread(CHANNEL, thread_ts) == []
+    finally:
+        disabled.stop()
+    # A script that drives the runtime by hand (background=False starts no scheduler thread), like the demo.
+    driven = LocalBot({"SCHEDULER_ENABLED": "true"}, slack=slack, database_url=database_url, clock=clock)
+    driven.start(background=False)
+    try:
+        driven.runtime.sweep()
+        [message] = slack.thread(CHANNEL, thread_ts)
+        assert "근본 원인 분석 (RCA)" in message["text"]
+    finally:
+        driven.stop()
+
+
 @pytest.mark.parametrize("bot_env", [{"RCA_REMINDER_AFTER": "2s"}])
 def test_the_scheduler_posts_at_the_due_time(bot: LocalBot) -> None:
     # Real clock, scheduler on (the default): the APScheduler job fires two seconds after open.
@@ -515,86 +545,143 @@ def test_the_scheduler_posts_at_the_due_time(bot: LocalBot) -> None:
 # ---- action items ---------------------------------------------------------------------------------------------
 
 
-def _add_action(bot: LocalBot, *, owner: str | None, due: datetime, task: str = "추천엔진 N+1 쿼리 수정") -> int:
-    incident = incident_row(bot)
+def add_action(bot: LocalBot, text: str) -> ActionItem:
+    """`/postmortem action …` through Slack; returns the stored item."""
+    command(bot, "/postmortem", f"action {text}")
     with bot.ctx.db.session() as session:
-        item = ActionItem(incident_id=incident.id, priority="P0", task=task, owner_id=owner, due_at=due,
-                          status="open", created_by="U0SENA")
-        session.add(item)
-        session.flush()
-        reminders.schedule_action_item(bot.ctx, session, item)
-        return item.id
+        item = session.scalars(select(ActionItem).order_by(ActionItem.id.desc())).first()
+        assert item is not None
+        return item
 
 
-def _action_item(bot: LocalBot, item_id: int, **values: Any) -> None:
+def press_done(bot: LocalBot, item: ActionItem) -> None:
+    """The ✅ button on the item's message in the thread."""
+    response = bot.driver.block_action("postmortem.action.done", str(item.id), message_ts=item.message_ts)
+    assert response.status_code == 200
+    bot.settle()
+
+
+REMINDER_MARKS = ("🔎", "📅", "▶️", "📝", "⏳", "⚠️")
+
+
+def reminder_texts(bot: LocalBot, thread_ts: str) -> list[str]:
+    """The reminders among the thread's messages (status changes and action items post there too)."""
+    texts = []
+    for text in thread_texts(bot, thread_ts):
+        body = text.split("\n\n", 1)[1] if text.startswith(LATE) else text
+        if body.startswith(REMINDER_MARKS):
+            texts.append(text)
+    return texts
+
+
+def only_action_reminders(bot: LocalBot) -> None:
     with bot.ctx.db.session() as session:
-        item = session.get_one(ActionItem, item_id)
-        for key, value in values.items():
-            setattr(item, key, value)
-        session.flush()
-        reminders.schedule_action_item(bot.ctx, session, item)
+        for row in session.scalars(select(Reminder).where(Reminder.action_item_id.is_(None))).all():
+            row.cancelled_at = T0  # the incident's own reminders are other tests' business
 
 
 @pytest.mark.parametrize("bot_env", [{"INCIDENT_TIMEZONE": "Asia/Seoul"}])
 def test_action_item_due_day_and_overdue_reminders(manual_bot: LocalBot, clock: ManualClock) -> None:
     _, thread_ts = open_incident(manual_bot)
-    with manual_bot.ctx.db.session() as session:
-        for row in session.scalars(select(Reminder)).all():
-            row.cancelled_at = T0  # only the action item's reminders in this test
-    due = T0 + timedelta(days=2)  # `due:2d`: 2025-10-24 23:15 KST
-    item_id = _add_action(manual_bot, owner="U0GITCO", due=due)
-    by_kind = {r.kind: r for r in rows(manual_bot) if r.action_item_id == item_id}
+    only_action_reminders(manual_bot)
+    # `due:2d` from 23:15 KST on the 22nd: due 2025-10-24 23:15 KST.
+    item = add_action(manual_bot, 'P0 "추천엔진 N+1 쿼리 수정" <@U0GITCO|gitco> due:2d')
+    assert item.due_at == T0 + timedelta(days=2)
+    by_kind = {r.kind: r for r in rows(manual_bot) if r.action_item_id == item.id}
     assert by_kind["action_due"].due_at == datetime(2025, 10, 24, 0, 0, tzinfo=UTC)  # 09:00 KST on the 24th
     assert by_kind["action_overdue"].due_at == datetime(2025, 10, 25, 0, 0, tzinfo=UTC)
 
+    clock.set(datetime(2025, 10, 23, 23, 59, tzinfo=UTC))
+    assert deliver(manual_bot) == []
     clock.set(datetime(2025, 10, 24, 0, 0, tzinfo=UTC))
     assert sent(deliver(manual_bot)) == 1
-    [text] = thread_texts(manual_bot, thread_ts)
+    [text] = reminder_texts(manual_bot, thread_ts)
     assert "⏳ <@U0GITCO> 오늘이 액션 아이템 기한입니다" in text
-    assert "*[P0] 추천엔진 N+1 쿼리 수정* — 기한 2025-10-24" in text
+    assert "*[P0] 추천엔진 N+1 쿼리 수정* — 기한 2025-10-24" in text and "*✅ 완료*" in text
 
     clock.set(datetime(2025, 10, 25, 0, 0, tzinfo=UTC))
     assert sent(deliver(manual_bot)) == 1
-    assert "⚠️ <@U0GITCO> 액션 아이템 기한이 지났습니다" in thread_texts(manual_bot, thread_ts)[-1]
+    assert "⚠️ <@U0GITCO> 액션 아이템 기한이 지났습니다" in reminder_texts(manual_bot, thread_ts)[-1]
+
+
+@pytest.mark.parametrize("bot_env", [{"INCIDENT_LOCALE": "en"}])
+def test_action_item_reminders_in_english(manual_bot: LocalBot, clock: ManualClock) -> None:
+    _, thread_ts = open_incident(manual_bot)
+    only_action_reminders(manual_bot)
+    add_action(manual_bot, 'P1 "Raise the load-test bar" <@U0LUBIT|lubit> due:2025-10-29')
+    clock.set(datetime(2025, 10, 29, 9, 0, tzinfo=UTC))
+    deliver(manual_bot)
+    clock.set(datetime(2025, 10, 30, 9, 0, tzinfo=UTC))
+    deliver(manual_bot)
+    due, overdue = reminder_texts(manual_bot, thread_ts)
+    assert "⏳ <@U0LUBIT> an action item is due today" in due
+    assert "*[P1] Raise the load-test bar* — due 2025-10-29" in due
+    assert "⚠️ <@U0LUBIT> an action item is overdue" in overdue and "was due 2025-10-29" in overdue
 
 
 def test_action_item_reminders_skip_done_items_and_follow_edits(manual_bot: LocalBot, clock: ManualClock) -> None:
     _, thread_ts = open_incident(manual_bot)
     assign(manual_bot, lead="U0SENA")
+    only_action_reminders(manual_bot)
+    done = add_action(manual_bot, 'P1 "부하테스트 기준 상향" <@U0LUBIT|lubit> due:1w')
+    moved = add_action(manual_bot, 'P2 "모니터링 알림 강화" due:2d')
+    gone = add_action(manual_bot, 'P3 "팀 교육 프로그램" <@U0SENA|sena> due:2d')
+    # Done before its day: both reminders go.
+    press_done(manual_bot, done)
+    # A new due date (as an edit would store it): the reminders follow it.
     with manual_bot.ctx.db.session() as session:
-        for row in session.scalars(select(Reminder)).all():
-            row.cancelled_at = T0
-    done_id = _add_action(manual_bot, owner="U0LUBIT", due=T0 + timedelta(days=7), task="부하테스트 기준 상향")
-    moved_id = _add_action(manual_bot, owner=None, due=T0 + timedelta(days=2), task="모니터링 알림 강화")
-    gone_id = _add_action(manual_bot, owner="U0LEMUN", due=T0 + timedelta(days=2), task="팀 교육")
-    # Done before its day: both reminders go. A new due date: reminders follow it. Removed: nothing left.
-    _action_item(manual_bot, done_id, status="done", done_at=T0)
-    _action_item(manual_bot, moved_id, due_at=T0 + timedelta(days=14))
+        item = session.get_one(ActionItem, moved.id)
+        item.due_at = T0 + timedelta(days=14)
+        reminders.schedule_action_item(manual_bot.ctx, session, item)
+    # Removed: nothing left to remind.
     with manual_bot.ctx.db.session() as session:
-        reminders.cancel_action_item(manual_bot.ctx, session, gone_id)
+        reminders.cancel_action_item(manual_bot.ctx, session, gone.id)
     pending = [(r.action_item_id, r.kind, r.due_at) for r in rows(manual_bot) if r.cancelled_at is None]
     assert pending == [
-        (moved_id, "action_due", datetime(2025, 11, 5, 9, 0, tzinfo=UTC)),
-        (moved_id, "action_overdue", datetime(2025, 11, 6, 9, 0, tzinfo=UTC)),
+        (moved.id, "action_due", datetime(2025, 11, 5, 9, 0, tzinfo=UTC)),
+        (moved.id, "action_overdue", datetime(2025, 11, 6, 9, 0, tzinfo=UTC)),
     ]
     clock.set(datetime(2025, 11, 5, 9, 0, tzinfo=UTC))
     assert sent(deliver(manual_bot)) == 1
-    [text] = thread_texts(manual_bot, thread_ts)
+    [text] = reminder_texts(manual_bot, thread_ts)
     assert "⏳ <@U0SENA> 담당자가 없는 액션 아이템의 기한이 오늘입니다" in text and "모니터링 알림 강화" in text
-    # Done after the due-day post but before the overdue nudge: the nudge says nothing new.
-    _action_item(manual_bot, moved_id, status="done", done_at=clock.now())
+    # Done after the due-day post but before the overdue nudge: the nudge would say nothing new.
+    press_done(manual_bot, moved)
     clock.set(datetime(2025, 11, 6, 9, 0, tzinfo=UTC))
     assert deliver(manual_bot) == []
-    assert len(thread_texts(manual_bot, thread_ts)) == 1
+    assert len(reminder_texts(manual_bot, thread_ts)) == 1
 
 
-def test_an_action_item_due_earlier_today_gets_only_the_overdue_nudge(
+def test_a_reopened_action_item_is_reminded_again(manual_bot: LocalBot, clock: ManualClock) -> None:
+    _, thread_ts = open_incident(manual_bot)
+    only_action_reminders(manual_bot)
+    item = add_action(manual_bot, 'P0 "쿼리 수정" <@U0GITCO|gitco> due:2d')
+    press_done(manual_bot, item)
+    assert all(r.cancelled_at is not None for r in rows(manual_bot) if r.action_item_id == item.id)
+    response = manual_bot.driver.block_action("postmortem.action.reopen", str(item.id), message_ts=item.message_ts)
+    assert response.status_code == 200
+    manual_bot.settle()
+    assert all(r.cancelled_at is None for r in rows(manual_bot) if r.action_item_id == item.id)
+    clock.set(datetime(2025, 10, 24, 9, 0, tzinfo=UTC))
+    assert sent(deliver(manual_bot)) == 1
+    assert "⏳ <@U0GITCO> 오늘이 액션 아이템 기한입니다" in reminder_texts(manual_bot, thread_ts)[0]
+
+
+def test_an_action_item_due_later_today_gets_only_the_overdue_nudge(
     manual_bot: LocalBot, clock: ManualClock
 ) -> None:
     open_incident(manual_bot)
-    item_id = _add_action(manual_bot, owner="U0GITCO", due=T0 + timedelta(hours=3))  # today, and 09:00 has passed
-    kinds = {r.kind for r in rows(manual_bot) if r.action_item_id == item_id}
-    assert kinds == {"action_overdue"}
+    # 14:15 UTC on the 22nd: today's 09:00 has passed, so there is no "due today" post, only tomorrow's nudge.
+    item = add_action(manual_bot, 'P0 "핫픽스 배포" <@U0GITCO|gitco> due:2025-10-22')
+    assert {r.kind: r.due_at for r in rows(manual_bot) if r.action_item_id == item.id} == {
+        "action_overdue": datetime(2025, 10, 23, 9, 0, tzinfo=UTC)}
+
+
+def test_cancelling_the_incident_cancels_its_action_reminders(manual_bot: LocalBot, clock: ManualClock) -> None:
+    open_incident(manual_bot)
+    add_action(manual_bot, 'P0 "쿼리 수정" <@U0GITCO|gitco> due:2d')
+    set_status(manual_bot, "cancelled")
+    assert all(r.cancelled_at is not None for r in rows(manual_bot))
 
 
 def test_user_text_in_reminders_cannot_mention_anyone(manual_bot: LocalBot, clock: ManualClock) -> None:
