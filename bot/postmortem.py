@@ -294,7 +294,8 @@ def _upsert_impact(session: Session, incident_id: int, impact: Impact, source: s
         statement = statement.on_conflict_do_update(
             index_elements=["incident_id", "field"], set_=update_values, where=ImpactValue.source != "manual"
         )
-    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    # RETURNING names the row only when it was inserted or updated (rowcount is not exact here on psycopg).
+    return session.execute(statement.returning(ImpactValue.id)).first() is not None
 
 
 @dataclass(frozen=True)

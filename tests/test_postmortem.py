@@ -206,9 +206,6 @@ def test_buttons_move_the_status_update_the_message_and_the_reminders(seoul: Loc
                                                                  "postmortem.action.done"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bot/reminders.py (reminders domain) keeps a reminder cancelled for a done item when schedule_action_item is "
-    "called again with the same due date on reopen; reported to its owner. Strict: passes once they re-arm it."))
 def test_reopening_a_done_item_re_arms_its_reminders(seoul: LocalBot) -> None:
     bot = seoul
     open_incident(bot)
