@@ -70,7 +70,7 @@ CLAIM_LEASE = timedelta(minutes=2)
 THREAD_WAIT = timedelta(seconds=10)
 RETRY_BASE = timedelta(seconds=30)
 RETRY_MAX = timedelta(minutes=30)
-MAX_ATTEMPTS = 20  # about eight hours of Slack refusing before a reminder is given up (and the reason kept)
+MAX_ATTEMPTS = 20  # about seven hours of Slack refusing before a reminder is given up (and the reason kept)
 SWEEP_SECONDS = 15.0
 
 # Why a row was cancelled, kept in last_error; reopening restores only those cancelled with the incident.
