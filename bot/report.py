@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from markupsafe import Markup
-from sqlalchemy import String, func, select, type_coerce
+from sqlalchemy import Integer, String, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from bot import checklist, durations, postmortem, timeline
@@ -79,14 +79,15 @@ def _timeline_rows(
     order and handed to the template one fetched batch (2,000 rows) at a time.
 
     Column rows in batches on the Core connection (yield_per): 50,000 events never exist as ORM objects at
-    once. Timestamps and JSON are read raw and converted here; only system or edited events go through the
+    once. Timestamps, JSON and the highlight flag are read raw (SQLAlchemy's per-row conversions cost more than
+    the query) and converted here; only system or edited events go through the
     template's describe() macro (a plain reply is described by its own text); per-minute times and
     per-person names are cached.
     """
     describe = ctx.renderer.markdown.get_template(f"{locale}/_events.j2").module.describe  # type: ignore[attr-defined]
     query = timeline.timeline_rows_query(incident_id).with_only_columns(
         TimelineEvent.kind, type_coerce(TimelineEvent.occurred_at, String), TimelineEvent.author_id,
-        TimelineEvent.author_name, TimelineEvent.text, TimelineEvent.highlighted,
+        TimelineEvent.author_name, TimelineEvent.text, type_coerce(TimelineEvent.highlighted, Integer),
         type_coerce(TimelineEvent.data, String), type_coerce(TimelineEvent.edited_at, String),
         maintain_column_froms=True,
     )
