@@ -4,6 +4,8 @@ background after the ack; results go to the incident thread."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from slack_bolt import Respond
 
@@ -36,40 +38,29 @@ def evidence(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     incident_id, public_id, name = _target(ctx, request, "evidence")
     if not service.claim(ctx, incident_id):
         return Answer(text=ctx.say("evidence.already_running", public_id=public_id))
-    ctx.jobs.submit(_capture, ctx, incident_id, public_id, request.user_id, request.user_name, respond)
+    ctx.jobs.submit(_run_and_report, ctx, service.capture_job, "evidence", "evidence.capture_not_posted",
+                    incident_id, public_id, request, respond)
     return Answer(text=ctx.say("evidence.capture_ack", public_id=public_id, service=name))
-
-
-def _capture(ctx: Context, incident_id: int, public_id: str, user_id: str, user_name: str,
-             respond: Respond) -> None:
-    try:
-        outcome = service.capture_job(ctx, incident_id, actor=user_id, actor_name=user_name)
-    except Exception:
-        log.exception("evidence capture failed", extra={"json_fields": {"incident_id": public_id}})
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("evidence.failed", public_id=public_id, command="evidence"))
-        return
-    if outcome.slack_error:
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("evidence.capture_not_posted", public_id=public_id, reason=outcome.slack_error))
 
 
 @incident_subcommand("verify")
 def verify(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     incident_id, public_id, name = _target(ctx, request, "verify")
-    ctx.jobs.submit(_verify, ctx, incident_id, public_id, request.user_id, request.user_name, respond)
+    ctx.jobs.submit(_run_and_report, ctx, service.verify, "verify", "evidence.verify_not_posted",
+                    incident_id, public_id, request, respond)
     return Answer(text=ctx.say("evidence.verify_ack", public_id=public_id, service=name))
 
 
-def _verify(ctx: Context, incident_id: int, public_id: str, user_id: str, user_name: str,
-            respond: Respond) -> None:
+def _run_and_report(ctx: Context, run: Callable[..., Any], command: str, not_posted_key: str, incident_id: int,
+                    public_id: str, request: CommandRequest, respond: Respond) -> None:
+    """Runs a capture or a verification off the request path; tells the invoker when its post didn't land."""
     try:
-        outcome = service.verify(ctx, incident_id, actor=user_id, actor_name=user_name)
+        outcome = run(ctx, incident_id, actor=request.user_id, actor_name=request.user_name)
     except Exception:
-        log.exception("rollback verification failed", extra={"json_fields": {"incident_id": public_id}})
+        log.exception("%s failed", command, extra={"json_fields": {"incident_id": public_id}})
         respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("evidence.failed", public_id=public_id, command="verify"))
+                text=ctx.say("evidence.failed", public_id=public_id, command=command))
         return
     if outcome.slack_error:
         respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("evidence.verify_not_posted", public_id=public_id, reason=outcome.slack_error))
+                text=ctx.say(not_posted_key, public_id=public_id, reason=outcome.slack_error))
