@@ -4,6 +4,7 @@ workspace check that runs after Bolt's own signature check."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,8 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_sdk.signature import SignatureVerifier
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import event
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from bot.context import Context
 
@@ -119,17 +121,39 @@ def register(app: App, ctx: Context) -> None:
             return BoltResponse(status=400, body="malformed payload")
         if team_id and body.get("type") != "url_verification" and request_team(body) != team_id:
             return BoltResponse(status=403, body="wrong workspace")
-        if body.get("type") == "event_callback" and not database_up(ctx):
+        if body.get("type") == "event_callback" and not health.up():
             # Bolt acks an event before its listener runs, so with the database down the event would be
             # lost. A 503 makes Slack deliver it again (it retries three times over about five minutes).
             return BoltResponse(status=503, body={"error": "database unavailable"})
         return next()
 
+    health = DatabaseHealth(ctx)
 
-def database_up(ctx: Context) -> bool:
-    try:
-        ctx.db.ping()
-    except SQLAlchemyError:
-        log.warning("database unavailable; refusing an event so that Slack delivers it again")
-        return False
-    return True
+
+class DatabaseHealth:
+    """Whether the database answers, without charging every event a round trip to ask: a good ping counts for
+    FRESH seconds, and any connection-level failure anywhere in the process ends that at once."""
+
+    FRESH = 1.0
+
+    def __init__(self, ctx: Context) -> None:
+        self._db = ctx.db
+        self._good_until = 0.0
+        event.listen(ctx.db.engine, "handle_error", self._failed)
+
+    def _failed(self, context: Any) -> None:
+        if context.is_disconnect or isinstance(context.original_exception, OperationalError) or isinstance(
+            context.sqlalchemy_exception, OperationalError | InterfaceError
+        ):
+            self._good_until = 0.0
+
+    def up(self) -> bool:
+        if time.monotonic() < self._good_until:
+            return True
+        try:
+            self._db.ping()
+        except SQLAlchemyError:
+            log.warning("database unavailable; refusing an event so that Slack delivers it again")
+            return False
+        self._good_until = time.monotonic() + self.FRESH
+        return True

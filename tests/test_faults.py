@@ -444,3 +444,23 @@ def test_postgresql_unreachable(slack: SlackSandbox, database_url: str, mode: st
             check_database_outage(bot, proxy.outage if mode == "refused" else proxy.hang, database_url)
     finally:
         proxy.cut()
+
+
+def test_a_database_failure_seen_anywhere_refuses_the_next_event_at_once(slack: SlackSandbox, tmp_path: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events don't each pay for a ping: a good one is trusted for a while, but not after a failure elsewhere."""
+    from handlers.guards import DatabaseHealth
+
+    monkeypatch.setattr(DatabaseHealth, "FRESH", 600.0)
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    with LocalBot(slack=slack, database_url=url) as bot:
+        _, thread_ts = open_incident(bot, "건강 상태 캐시")
+        say_in_thread(bot, thread_ts, "U0SENA", "첫 답글")  # pings once; trusted from now on
+        bot.settle()
+        with sqlite_locked(url):
+            answer = bot.driver.command("/incident", "open 잠긴 동안").json()["text"]
+            assert "데이터베이스에 연결할 수 없어" in answer  # this failure is what the guard hears about
+            _, refused = bot.driver.say(CHANNEL, "U0LEMUN", "잠긴 동안 답글", thread_ts=thread_ts)
+            assert refused.status_code == 503
+        bot.settle()
+        assert [e.text for e in events(bot, "message")] == ["첫 답글"]
