@@ -1,0 +1,221 @@
+"""Benchmark: how fast Slack gets its ack, against a bare Bolt app on the same server, in the same run.
+
+    .venv/bin/python bench/ack.py [--requests 200] [--rates 5,20] [--rounds 2] [--database-url URL]
+
+Both apps run under gunicorn with the worker settings `incident-bot serve` uses (1 gthread worker, 16
+threads, 16 listener threads). Signed `/incident open` commands and thread-reply events are sent at a steady
+rate, as Slack sends them: a request is sent when it is due whether or not earlier ones were answered, and
+its latency counts from then, so queueing anywhere shows. The Slack sandbox (its own process) answers
+chat.postMessage after 300 ms. The real app stores each incident and reply and posts each announcement after
+the ack; the bare app (bench/bare_app.py) only acks. Rounds alternate bare/serve so machine noise falls on
+both. Also printed: the serve process's CPU per request, background work included.
+Target: serve's p99 within 1.5× of the bare app's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _servers import VENV_BIN, ChildSandbox, ScratchDatabase, Server, Signer, gunicorn_argv, percentile
+
+CHANNEL = "C0INCIDENTS"
+SECRET = "bench-signing-secret"
+POST_LATENCY = 0.300
+TARGET = 1.5
+_ts = itertools.count(1)
+
+
+def measure(url: str, jobs: list[tuple[bytes, dict[str, str]]], rate: float) -> list[float]:
+    """Sends the jobs at a steady RATE per second, whether or not earlier ones are answered (as Slack does), and
+    returns ms per request counted from when it was due, so time spent queued anywhere is counted."""
+    local = threading.local()
+
+    def send(due: float, job: tuple[bytes, dict[str, str]]) -> float:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        body, headers = job
+        response = session.post(url, data=body, headers=headers, timeout=10)
+        elapsed = (time.perf_counter() - due) * 1000
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+        return elapsed
+
+    start = time.perf_counter() + 0.05
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        futures = [pool.submit(send, start + i / rate, job) for i, job in enumerate(jobs)]
+        return [f.result() for f in futures]
+
+
+def opens(signer: Signer, n: int, tag: str) -> list[tuple[bytes, dict[str, str]]]:
+    return [signer.command(f"open 벤치마크 {tag} {i} sev:high", channel=CHANNEL, user=f"U0USER{i % 7}")
+            for i in range(n)]
+
+
+def replies(signer: Signer, n: int, thread_ts: str) -> list[tuple[bytes, dict[str, str]]]:
+    base = float(thread_ts)
+    jobs = []
+    for i in range(n):
+        k = next(_ts)
+        user = ("U0SENA", "U0LEMUN", "U0GITCO")[i % 3]
+        jobs.append(signer.reply(channel=CHANNEL, thread_ts=thread_ts, ts=f"{base + k / 1000:.6f}", user=user,
+                                 text=f"답글 {k}", event_id=f"EvB{k:08d}"))
+    return jobs
+
+
+def wait_for(predicate: Any, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise RuntimeError("timed out waiting")
+
+
+def announcement_ts(database_url: str, timeout: float = 30.0) -> str:
+    """The thread the replies go to: the first incident's announcement, once it is posted."""
+    from sqlalchemy import create_engine, select
+
+    from storage.models import Incident
+
+    engine = create_engine(database_url)
+    found: list[str] = []
+
+    def posted() -> bool:
+        with engine.connect() as connection:
+            ts = connection.scalar(select(Incident.announcement_ts).where(Incident.announcement_ts.is_not(None))
+                                   .order_by(Incident.id).limit(1))
+        if ts:
+            found.append(ts)
+        return bool(ts)
+
+    try:
+        wait_for(posted, timeout)
+    finally:
+        engine.dispose()
+    return found[0]
+
+
+def stored(database_url: str) -> tuple[int, int]:
+    from sqlalchemy import create_engine, func, select
+
+    from storage.models import Incident, TimelineEvent
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return (int(connection.scalar(select(func.count()).select_from(Incident)) or 0),
+                    int(connection.scalar(select(func.count()).select_from(TimelineEvent)
+                                          .where(TimelineEvent.kind == "message")) or 0))
+    finally:
+        engine.dispose()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User+system CPU of a process and its children (Linux /proc), for CPU per request."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        total = 0.0
+        for p in pids:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+    except (OSError, ValueError):
+        return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200, help="per kind, app, round and rate")
+    parser.add_argument("--rates", default="5,20", help="requests per second, comma-separated")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--database-url", default=None,
+                        help="a PostgreSQL server to create a scratch database on; default: a fresh SQLite file")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+
+    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
+    scratch = ScratchDatabase(args.database_url)
+    env = {"SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
+           "LISTENER_THREADS": "16", "LOG_LEVEL": "WARNING"}
+    signer = Signer(SECRET)
+    results: dict[tuple[float, str, str], list[float]] = {}
+    cpu: dict[tuple[float, str], float] = {}
+    sent = 20
+    try:
+        bare = Server(gunicorn_argv(threads=16), env, ready_path="/")
+        serve = Server([str(VENV_BIN / "incident-bot"), "serve"], {**env, "DATABASE_URL": scratch.url})
+        try:
+            # Warm up both: imports, auth.test, connections, the first incident's thread for the replies.
+            for server in (bare, serve):
+                measure(f"{server.url}/slack/events", opens(signer, 20, "warm"), 20)
+            thread_ts = announcement_ts(scratch.url)
+            for server in (bare, serve):
+                measure(f"{server.url}/slack/events", replies(signer, 20, thread_ts), 20)
+            expected_posts = sandbox.ask("count", "chat.postMessage")
+            for rate in rates:
+                for round_ in range(args.rounds):
+                    for name, server in (("bare", bare), ("serve", serve)):
+                        url = f"{server.url}/slack/events"
+                        for kind in ("open", "reply"):
+                            jobs = (opens(signer, args.requests, f"{rate:g}/{round_}") if kind == "open"
+                                    else replies(signer, args.requests, thread_ts))
+                            before = cpu_seconds(server.process.pid)
+                            results.setdefault((rate, name, kind), []).extend(measure(url, jobs, rate))
+                            after = cpu_seconds(server.process.pid)
+                            if name == "serve" and before is not None and after is not None:
+                                cpu[(rate, kind)] = cpu.get((rate, kind), 0.0) + after - before
+                    sent += args.requests
+                    expected_posts += args.requests
+            drained = wait_for(lambda: sandbox.ask("count", "chat.postMessage") >= expected_posts, 600)
+            incidents, events = stored(scratch.url)
+        finally:
+            bare.stop()
+            serve.stop()
+    finally:
+        sandbox.stop()
+        scratch.drop()
+
+    print(f"ack latency in ms, {args.rounds}×{args.requests} signed requests per kind, app and rate, sent at a "
+          f"steady rate; chat.postMessage takes {POST_LATENCY * 1000:.0f} ms; database {scratch.kind}")
+    print(f"{'rate/s':>6} {'request':<15} {'app':<6} {'p50':>6} {'p99':>7} {'max':>7}  {'p99 serve/bare':<21}"
+          f" serve CPU ms/request")
+    ok = True
+    for rate in rates:
+        for kind, label in (("open", "/incident open"), ("reply", "thread reply")):
+            for name in ("bare", "serve"):
+                values = results[(rate, name, kind)]
+                line = (f"{rate:>6g} {label:<15} {name:<6} {percentile(values, 50):>6.1f} "
+                        f"{percentile(values, 99):>7.1f} {max(values):>7.1f}")
+                if name == "serve":
+                    ratio = percentile(values, 99) / percentile(results[(rate, "bare", kind)], 99)
+                    ok = ok and ratio <= TARGET
+                    verdict = f"{ratio:.2f}× {'within' if ratio <= TARGET else 'OVER'} {TARGET}×"
+                    per_request = cpu.get((rate, kind))
+                    line += f"  {verdict:<21}"
+                    if per_request is not None:
+                        line += f" {per_request / len(values) * 1000:.1f}"
+                print(line)
+    print(f"serve stored {incidents} incidents and {events} reply events (sent {sent} of each); all "
+          f"{expected_posts} announcements were posted, the last {drained:.1f} s after the last request")
+    print("target met" if ok else "target NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
