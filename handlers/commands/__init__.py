@@ -66,6 +66,11 @@ def postmortem_subcommand(*names: str) -> Callable[[Subcommand], Subcommand]:
     return wrap
 
 
+def tell(respond: Respond, text: str) -> None:
+    """An ephemeral follow-up to the person who typed the command, once the ack is long gone (response_url)."""
+    respond(response_type="ephemeral", replace_original=False, text=text)
+
+
 def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
     message = ctx.say(f"{group}.error", code=error.code, params=error.params)
     usage = ctx.say(f"{group}.usage", sub=error.usage)

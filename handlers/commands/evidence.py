@@ -13,7 +13,7 @@ from bot import incidents
 from bot.context import Context
 from bot.evidence import service
 from bot.parsing import UsageError
-from handlers.commands import Answer, CommandRequest, incident_subcommand
+from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ def _run_and_report(ctx: Context, run: Callable[..., Any], command: str, not_pos
         outcome = run(ctx, incident_id, actor=request.user_id, actor_name=request.user_name)
     except Exception:
         log.exception("%s failed", command, extra={"json_fields": {"incident_id": public_id}})
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("evidence.failed", public_id=public_id, command=command))
+        tell(respond, ctx.say("evidence.failed", public_id=public_id, command=command))
         return
     if outcome.slack_error:
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say(not_posted_key, public_id=public_id, reason=outcome.slack_error))
+        tell(respond, ctx.say(not_posted_key, public_id=public_id, reason=outcome.slack_error))

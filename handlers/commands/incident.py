@@ -10,7 +10,7 @@ from bot import incidents
 from bot.context import Context
 from bot.parsing import parse_open
 from bot.ports import MessengerError
-from handlers.commands import Answer, CommandRequest, incident_subcommand
+from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond) -
     try:
         incidents.post_announcement(ctx, incident_id)
     except MessengerError as error:
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("incident.announce_failed", public_id=public_id, reason=error.kind))
+        tell(respond, ctx.say("incident.announce_failed", public_id=public_id, reason=error.kind))
         return
     ctx.fire("on_announced", incident_id)

@@ -7,7 +7,7 @@ from slack_bolt import Respond
 from bot import durations, incidents, lifecycle
 from bot.context import Context
 from bot.parsing import UsageError, decode, milestone_time, parse_milestone, parse_role, parse_severity, parse_status
-from handlers.commands import Answer, CommandRequest, incident_subcommand
+from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
 from storage.models import Incident
 
 
@@ -25,7 +25,7 @@ def _reporter(respond: Respond) -> lifecycle.Report:
     """A failed Slack step after the ack goes back to the person, ephemerally, through the response_url."""
 
     def report(text: str) -> None:
-        respond(response_type="ephemeral", replace_original=False, text=text)
+        tell(respond, text)
 
     return report
 

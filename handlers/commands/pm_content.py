@@ -14,7 +14,7 @@ from bot import incidents, pm_parsing, postmortem
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
-from handlers.commands import Answer, CommandRequest, postmortem_subcommand
+from handlers.commands import Answer, CommandRequest, postmortem_subcommand, tell
 from storage.models import ImpactValue
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ def _post_item(ctx: Context, item_id: int, respond: Respond) -> None:
         postmortem.post_action_item(ctx, item_id)
     except MessengerError as error:
         # Stored already; the sweep posts it later (retry_unposted_action_items).
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("postmortem.action_post_failed", reason=error.kind))
+        tell(respond, ctx.say("postmortem.action_post_failed", reason=error.kind))
 
 
 @postmortem_subcommand("actions")
@@ -134,8 +133,7 @@ def _post_checklist(ctx: Context, incident_id: int, respond: Respond) -> None:
     try:
         postmortem.post_checklist(ctx, incident_id)
     except MessengerError as error:
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("postmortem.checklist_failed", reason=error.kind))
+        tell(respond, ctx.say("postmortem.checklist_failed", reason=error.kind))
 
 
 @postmortem_subcommand("edit")

@@ -9,7 +9,7 @@ from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.settings import LOCALES
-from handlers.commands import Answer, CommandRequest, postmortem_subcommand
+from handlers.commands import Answer, CommandRequest, postmortem_subcommand, tell
 
 
 @postmortem_subcommand("help")
@@ -34,5 +34,4 @@ def _deliver(ctx: Context, delivery: reports.Delivery, respond: Respond) -> None
     try:
         reports.deliver(ctx, delivery)
     except MessengerError as error:
-        respond(response_type="ephemeral", replace_original=False,
-                text=ctx.say("postmortem.report_failed", filename=delivery.filename, reason=error.kind))
+        tell(respond, ctx.say("postmortem.report_failed", filename=delivery.filename, reason=error.kind))
