@@ -61,6 +61,8 @@ def test_forty_concurrent_opens_on_three_instances_and_two_days(instances: Calla
     # Two instances on day 1 race for the same sequence; a third opens on day 2 at the same time.
     a, c = instances(ManualClock(DAY_1)), instances(ManualClock(DAY_1))
     b = instances(ManualClock(DAY_2))
+    for bot in (a, b, c):  # connections and caches warm, as on a running instance
+        assert bot.driver.command("/incident", "help").status_code == 200
     plan = [(a, n) for n in range(14)] + [(c, n) for n in range(14, 27)] + [(b, n) for n in range(27, 40)]
     responses = run_together([lambda bot=bot, n=n: bot.driver.command("/incident", f"open 동시 {n}")
                               for bot, n in plan])
@@ -125,3 +127,42 @@ def test_concurrent_replies_and_their_retries_give_one_event_each(instances: Cal
     assert sorted(r.slack_ts for r in rows) == sorted(m["ts"] for m in messages)
     expected = {m["ts"]: (m["user"], m["text"]) for m in messages}
     assert {r.slack_ts: (r.author_id, r.text) for r in rows} == expected
+
+
+@pytest.mark.slow
+def test_concurrent_opens_on_separate_server_processes(slack: SlackSandbox, database_url: str) -> None:
+    """Cloud Run instances are separate processes: three `incident-bot serve` on one PostgreSQL. Two of them
+    count days in UTC+14 and one in UTC−11, so their local dates always differ and two days' sequences race."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several server processes share a database only on PostgreSQL")
+    from tests.test_serve import Served
+
+    secret = "concurrency-secret"
+    env = {"SLACK_API_URL": slack.api_url, "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": secret,
+           "DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false", "LOG_LEVEL": "WARNING"}
+    zones = ["Pacific/Kiritimati", "Pacific/Kiritimati", "Pacific/Pago_Pago"]
+    servers = [Served({**env, "INCIDENT_TIMEZONE": zone}, slack, secret) for zone in zones]
+    try:
+        for served in servers:
+            assert served.wait_ready().status_code == 200
+            assert served.driver.command("/incident", "help").status_code == 200
+        responses = run_together([lambda s=servers[n % 3], n=n: s.driver.command("/incident", f"open 프로세스 {n}")
+                                  for n in range(30)])
+        assert [r.status_code for r in responses] == [200] * 30
+        acked = sorted(r.json()["text"].split("`")[1] for r in responses)
+        from sqlalchemy import create_engine
+
+        engine = create_engine(database_url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(select(Incident.public_id, Incident.day, Incident.seq)).all()
+        finally:
+            engine.dispose()
+    finally:
+        for served in servers:
+            served.stop()
+    assert sorted(r.public_id for r in rows) == acked and len(rows) == 30
+    by_day = Counter(r.day for r in rows)
+    assert len(by_day) == 2 and sum(by_day.values()) == 30
+    for day, count in by_day.items():
+        assert sorted(r.seq for r in rows if r.day == day) == list(range(1, count + 1))
