@@ -90,6 +90,8 @@ def _make_env(escape: Any) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Templates ship with the code: no stat() of the file on every render (it showed in the ack path).
+        auto_reload=False,
     )
     env.filters.update(
         cell=markdown_cell, mdline=markdown_line, line=slack_line, mention=mention, channel=channel_link, raw=raw
