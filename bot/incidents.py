@@ -116,9 +116,10 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
     the retry sweep posts it later.
     """
     if not claim_announcement(ctx, incident_id):
-        with ctx.db.session() as session:
+        with ctx.db.read() as session:
             return session.get_one(Incident, incident_id).announcement_ts
-    with ctx.db.session() as session:
+    # Rendering only reads: on SQLite a write session here would hold the write lock that opens wait for.
+    with ctx.db.read() as session:
         incident = session.get_one(Incident, incident_id)
         message = render_announcement(ctx, session, incident)
         channel = incident.channel_id
@@ -144,7 +145,7 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
 def retry_pending_announcements(ctx: Context) -> int:
     """The sweep behind "a later retry completes the post": announcements that failed or were interrupted."""
     now = ctx.clock.now()
-    with ctx.db.session() as session:
+    with ctx.db.read() as session:
         pending = session.scalars(
             select(Incident.id).where(
                 Incident.announcement_ts.is_(None),
@@ -164,7 +165,7 @@ def retry_pending_announcements(ctx: Context) -> int:
 
 def refresh_announcement(ctx: Context, incident_id: int) -> None:
     """Keeps the announcement current (status, severity, roles, milestones) with chat.update."""
-    with ctx.db.session() as session:
+    with ctx.db.read() as session:
         incident = session.get_one(Incident, incident_id)
         if incident.announcement_ts is None:
             return

@@ -8,6 +8,7 @@ from bot import incidents, timeline
 from bot.context import Context
 from bot.render import slack_unescape
 from bot.timefmt import slack_ts_to_datetime
+from storage.models import Incident
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ def record_reply(ctx: Context, message: IncomingMessage) -> bool:
     """True when a new event was stored; False for non-incident messages, the bot's own, and retries."""
     if not message.thread_ts or message.thread_ts == message.ts or is_own(ctx, message):
         return False
-    with ctx.db.session() as session:
+    # Most thread messages in a channel belong to no incident: finding that out takes no write lock.
+    with ctx.db.read() as session:
         incident = incidents.find_by_thread(session, message.channel, message.thread_ts)
         if incident is None:
             return False
@@ -37,8 +39,7 @@ def record_reply(ctx: Context, message: IncomingMessage) -> bool:
     # The name lookup is a Slack call: keep it outside the write transaction.
     name = message.username or (ctx.messenger.user_name(message.user) if message.user else None)
     with ctx.db.session() as session:
-        incident = incidents.find_by_thread(session, message.channel, message.thread_ts)
-        assert incident is not None and incident.id == incident_id
+        incident = session.get_one(Incident, incident_id)
         return timeline.record_message(
             session, incident, channel=message.channel, ts=message.ts, user=message.user or message.bot_id,
             author_name=name, text=slack_unescape(message.text), at=slack_ts_to_datetime(message.ts),

@@ -504,7 +504,7 @@ def stored_verify(ctx: Context, incident_id: int, verified_at: datetime) -> dict
 
 def on_announced(ctx: Context, incident_id: int) -> None:
     """The thread exists now: capture in the background when a service is known and GCP is configured."""
-    with ctx.db.session() as session:
+    with ctx.db.read() as session:
         incident = session.get(Incident, incident_id)
         if incident is None or not service_of(incident, ctx.settings):
             return
