@@ -157,8 +157,8 @@ def run_sweep() -> None:
 # ---- scheduling rows ------------------------------------------------------------------------------------------
 
 
-def _queue_job(ctx: Context, session: Session, reminder: Reminder) -> None:
-    """Registers the APScheduler job after the transaction commits: a job must never see an uncommitted row, and
+def _queue_job(ctx: Context, session: Session, *reminders: Reminder) -> None:
+    """Registers the APScheduler jobs after the transaction commits: a job must never see an uncommitted row, and
     on SQLite a job-store write inside our open write transaction would wait on our own lock."""
     session.flush()
     queue: dict[int, datetime | None] | None = session.info.get(_QUEUE_KEY)
@@ -166,8 +166,9 @@ def _queue_job(ctx: Context, session: Session, reminder: Reminder) -> None:
         queue = session.info[_QUEUE_KEY] = {}
         event.listen(session, "after_commit", partial(_after_commit, ctx))
         event.listen(session, "after_rollback", _after_rollback)
-    pending = reminder.sent_at is None and reminder.cancelled_at is None
-    queue[reminder.id] = reminder.due_at if pending else None
+    for reminder in reminders:
+        pending = reminder.sent_at is None and reminder.cancelled_at is None
+        queue[reminder.id] = reminder.due_at if pending else None
 
 
 def _after_commit(ctx: Context, session: Session) -> None:
@@ -245,16 +246,26 @@ def _set(
     return reminder
 
 
+def _meeting_plan(incident: Incident) -> list[tuple[str, datetime, bool]]:
+    """(kind, due, scheduled even when its moment has passed) for the meeting's reminders."""
+    meeting = incident.meeting_at
+    return [(MEETING_PRE, meeting - PRE_MEETING, False), (MEETING_START, meeting, True),
+            (REPORT_NUDGE, meeting + MEETING_LENGTH, True)]
+
+
 def on_open(ctx: Context, session: Session, incident: Incident) -> None:
-    _set(ctx, session, incident.id, RCA, incident.opened_at + ctx.settings.rca_reminder_after)
-    _schedule_meeting(ctx, session, incident)
+    # A new incident has no reminders to look up: all of them go in with one flush (this runs before the ack).
+    now = ctx.clock.now()
+    plan = [(RCA, incident.opened_at + ctx.settings.rca_reminder_after, False), *_meeting_plan(incident)]
+    reminders = [Reminder(incident_id=incident.id, kind=kind, due_at=due_at, attempts=0, late=False)
+                 for kind, due_at, always in plan if always or due_at >= now]
+    session.add_all(reminders)
+    _queue_job(ctx, session, *reminders)
 
 
 def _schedule_meeting(ctx: Context, session: Session, incident: Incident) -> None:
-    meeting = incident.meeting_at
-    _set(ctx, session, incident.id, MEETING_PRE, meeting - PRE_MEETING)
-    _set(ctx, session, incident.id, MEETING_START, meeting, always=True)
-    _set(ctx, session, incident.id, REPORT_NUDGE, meeting + MEETING_LENGTH, always=True)
+    for kind, due_at, always in _meeting_plan(incident):
+        _set(ctx, session, incident.id, kind, due_at, always=always)
 
 
 def on_meeting_moved(ctx: Context, session: Session, incident: Incident) -> None:

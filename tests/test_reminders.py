@@ -141,6 +141,15 @@ def test_rca_kickoff_posts_phase_2_checklist_and_roles_at_its_time(manual_bot: L
     assert len(thread_texts(manual_bot, thread_ts)) == 1
 
 
+@pytest.mark.parametrize("bot_env", [{"POSTMORTEM_MEETING_AFTER": "5m"}])
+def test_a_meeting_sooner_than_ten_minutes_gets_no_pre_meeting_reminder(manual_bot: LocalBot) -> None:
+    open_incident(manual_bot)
+    due = {r.kind: r.due_at for r in rows(manual_bot)}
+    # The pre-meeting moment (T0 − 5 min) had passed at open; the meeting itself and the nudge are kept.
+    assert due == {"rca_kickoff": T0 + timedelta(minutes=30), "meeting_start": T0 + timedelta(minutes=5),
+                   "report_nudge": T0 + timedelta(minutes=95)}
+
+
 @pytest.mark.parametrize("bot_env", [{"INCIDENT_LOCALE": "en", "RCA_REMINDER_AFTER": "45m"}])
 def test_rca_kickoff_in_english(manual_bot: LocalBot, clock: ManualClock) -> None:
     _, thread_ts = open_incident(manual_bot, "Recommendation API p95 spike")
