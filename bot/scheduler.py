@@ -16,8 +16,11 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, inspect
+from apscheduler.util import utc_timestamp_to_datetime
+from sqlalchemy import Engine, and_, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
+
+from storage.db import READ_ONLY_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,40 @@ def reminder_job_id(reminder_id: int) -> str:
 
 
 class SharedSQLAlchemyJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
-    """The stock store on an engine it does not own, tolerant of other processes sharing the table."""
+    """The stock store on an engine it does not own, tolerant of other processes sharing the table.
+
+    The scheduler loop reads this table after every added job. The stock store reads in a write transaction,
+    which on SQLite queues behind (and then holds) the write lock an `/incident open` is waiting for, so the
+    two polling reads below use read-only transactions.
+    """
+
+    def __init__(self, *, engine: Engine, tablename: str) -> None:
+        super().__init__(engine=engine, tablename=tablename)
+        self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+
+    def get_next_run_time(self) -> datetime | None:
+        query = (select(self.jobs_t.c.next_run_time).where(self.jobs_t.c.next_run_time.is_not(None))
+                 .order_by(self.jobs_t.c.next_run_time).limit(1))
+        with self._reader.connect() as connection:
+            return utc_timestamp_to_datetime(connection.execute(query).scalar())  # type: ignore[no-any-return]
+
+    def _get_jobs(self, *conditions: Any) -> list[Any]:
+        query = select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(self.jobs_t.c.next_run_time)
+        if conditions:
+            query = query.where(and_(*conditions))
+        with self._reader.connect() as connection:
+            rows = connection.execute(query).all()
+        jobs, broken = [], []
+        for job_id, job_state in rows:
+            try:
+                jobs.append(self._reconstitute_job(job_state))
+            except Exception:
+                log.exception("unable to restore scheduler job %s; removing it", job_id)
+                broken.append(job_id)
+        if broken:
+            with self.engine.begin() as connection:
+                connection.execute(self.jobs_t.delete().where(self.jobs_t.c.id.in_(broken)))
+        return jobs
 
     def start(self, scheduler: Any, alias: str) -> None:
         try:
