@@ -31,6 +31,7 @@ log = logging.getLogger("incident_bot")
 
 MAX_BODY_BYTES = 1024 * 1024
 SWEEP_INTERVAL_SECONDS = 30.0
+CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -49,6 +50,10 @@ class Runtime:
         sweeper = threading.Thread(target=self._sweep_loop, name="incident-bot-sweep", daemon=True)
         sweeper.start()
         self._threads.append(sweeper)
+        if self.ctx.db.dialect == "sqlite":
+            checkpointer = threading.Thread(target=self._checkpoint_loop, name="incident-bot-checkpoint", daemon=True)
+            checkpointer.start()
+            self._threads.append(checkpointer)
 
     def sweep(self) -> None:
         """Retries what Slack refused earlier; the database holds what is pending, so nothing is lost."""
@@ -61,6 +66,13 @@ class Runtime:
                 self.sweep()
             except Exception:
                 log.exception("retry sweep failed")
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.wait(CHECKPOINT_INTERVAL_SECONDS):
+            try:
+                self.ctx.db.checkpoint()
+            except Exception:  # the raw DB-API connection raises sqlite3 errors, not SQLAlchemy's
+                log.warning("SQLite checkpoint failed; the next one retries", exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()
