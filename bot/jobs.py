@@ -6,11 +6,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+HOLD_AT_MOST_SECONDS = 3.0
 
 
 class TrackingExecutor(ThreadPoolExecutor):
@@ -56,12 +58,27 @@ class BackgroundJobs:
     def __init__(self, workers: int = 8, name: str = "incident-bot-work") -> None:
         self._executor = TrackingExecutor(max_workers=workers, thread_name_prefix=name)
         self.watched: list[TrackingExecutor] = [self._executor]
+        self._held = threading.local()
+
+    @contextlib.contextmanager
+    def held_until(self, released: threading.Event | None) -> Iterator[None]:
+        """Jobs this thread submits inside the block start once `released` is set (the ack is written), so they
+        do not compete for the CPU with the ack they follow. None holds nothing."""
+        previous = getattr(self._held, "released", None)
+        self._held.released = released
+        try:
+            yield
+        finally:
+            self._held.released = previous
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        return self._executor.submit(self._run, fn, *args, **kwargs)
+        return self._executor.submit(self._run, getattr(self._held, "released", None), fn, *args, **kwargs)
 
     @staticmethod
-    def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _run(released: threading.Event | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if released is not None:
+            # Bounded: a response that is never written must not keep the work from ever starting.
+            released.wait(HOLD_AT_MOST_SECONDS)
         try:
             return fn(*args, **kwargs)
         except Exception:

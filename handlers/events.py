@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from slack_bolt import App
+from slack_bolt import App, BoltContext
 
 from bot import ingest
 from bot.context import Context
+from handlers.guards import wait_until_acked
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ def _incoming(event: dict[str, Any]) -> ingest.IncomingMessage:
 
 def register(app: App, ctx: Context) -> None:
     @app.event("message")
-    def on_message(event: dict[str, Any]) -> None:
+    def on_message(event: dict[str, Any], context: BoltContext) -> None:
+        wait_until_acked(context)
         subtype = event.get("subtype")
         if subtype == "message_changed":
             changed = event.get("message") or {}
@@ -45,7 +47,8 @@ def register(app: App, ctx: Context) -> None:
 def _reaction_listener(ctx: Context, name: str) -> Any:
     from handlers import reactions
 
-    def on_reaction(event: dict[str, Any]) -> None:
+    def on_reaction(event: dict[str, Any], context: BoltContext) -> None:
+        wait_until_acked(context)
         reactions.handle(ctx, name, event)
 
     on_reaction.__name__ = f"on_{name}"

@@ -4,8 +4,9 @@ workspace check that runs after Bolt's own signature check."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
@@ -16,10 +17,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from bot.context import Context
+from bot.jobs import HOLD_AT_MOST_SECONDS
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# In the Bolt context: an Event set once the HTTP response (the ack) is written; see BackgroundJobs.held_until.
+ACK_WRITTEN = "incident_bot_ack_written"
 
 
 def request_team(body: dict[str, Any]) -> str | None:
@@ -64,6 +68,7 @@ class GuardedRequestHandler(SlackRequestHandler):
         # No secret (Socket Mode builds this too, unused): every HTTP request is refused.
         self.verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self.max_body = max_body
+        self._local = threading.local()
 
     def _read(self, environ: dict[str, Any]) -> bytes | None:
         """The raw body, or None when it is over the limit."""
@@ -85,6 +90,16 @@ class GuardedRequestHandler(SlackRequestHandler):
             return self.verifier.is_valid_request(raw, headers)
         except ValueError:  # a timestamp that isn't a number
             return False
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        written = threading.Event()
+        self._local.written = written
+        try:
+            body = super().__call__(environ, start_response)
+        except BaseException:
+            written.set()
+            raise
+        return _SetWhenClosed(body, written)
 
     def dispatch(self, request: WsgiHttpRequest) -> BoltResponse:
         try:
@@ -108,7 +123,29 @@ class GuardedRequestHandler(SlackRequestHandler):
             return BoltResponse(status=401, body={"error": "invalid request"})
         if bolt_request is None or body is None or not well_formed(body):
             return BoltResponse(status=400, body={"error": "malformed payload"})
+        bolt_request.context[ACK_WRITTEN] = getattr(self._local, "written", None)
         return self.app.dispatch(bolt_request)
+
+
+def wait_until_acked(context: Any) -> None:
+    """For event listeners, which Bolt starts as it acks: let the response go out before the work begins."""
+    written = context.get(ACK_WRITTEN)
+    if isinstance(written, threading.Event):
+        written.wait(HOLD_AT_MOST_SECONDS)
+
+
+class _SetWhenClosed:
+    """The WSGI body: the server calls close() once it has written the response, and that sets the event."""
+
+    def __init__(self, body: Iterable[bytes], written: threading.Event) -> None:
+        self._body = body
+        self._written = written
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        self._written.set()
 
 
 def register(app: App, ctx: Context) -> None:

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, App, BoltContext, Respond
 from sqlalchemy.exc import OperationalError
 
 from bot.context import Context
 from bot.parsing import CommandText, UsageError, split_command
+from handlers.guards import ACK_WRITTEN
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,15 @@ def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
 
 
 def dispatch(
+    ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond,
+    context: BoltContext | None = None,
+) -> None:
+    # What the subcommand hands to ctx.jobs (the announcement, scheduler jobs) waits until the ack is written.
+    with ctx.jobs.held_until(context.get(ACK_WRITTEN) if context is not None else None):
+        _dispatch(ctx, group, table, body, ack, respond)
+
+
+def _dispatch(
     ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond
 ) -> None:
     parsed = split_command(body.get("text", ""))
@@ -108,9 +118,9 @@ def register(app: App, ctx: Context) -> None:
     from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders  # noqa: F401
 
     @app.command("/incident")
-    def incident_command(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
-        dispatch(ctx, "incident", INCIDENT_SUBCOMMANDS, body, ack, respond)
+    def incident_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:
+        dispatch(ctx, "incident", INCIDENT_SUBCOMMANDS, body, ack, respond, context)
 
     @app.command("/postmortem")
-    def postmortem_command(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
-        dispatch(ctx, "postmortem", POSTMORTEM_SUBCOMMANDS, body, ack, respond)
+    def postmortem_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:
+        dispatch(ctx, "postmortem", POSTMORTEM_SUBCOMMANDS, body, ack, respond, context)
