@@ -49,32 +49,28 @@ class Runtime:
 
     def start(self) -> None:
         self.ctx.fire("on_start")
-        sweeper = threading.Thread(target=self._sweep_loop, name="incident-bot-sweep", daemon=True)
-        sweeper.start()
-        self._threads.append(sweeper)
+        self._every("incident-bot-sweep", self.sweep_interval, self.sweep)
         if self.ctx.db.dialect == "sqlite":
-            checkpointer = threading.Thread(target=self._checkpoint_loop, name="incident-bot-checkpoint", daemon=True)
-            checkpointer.start()
-            self._threads.append(checkpointer)
+            self._every("incident-bot-checkpoint", CHECKPOINT_INTERVAL_SECONDS, self.ctx.db.checkpoint)
 
     def sweep(self) -> None:
         """Retries what Slack refused earlier; the database holds what is pending, so nothing is lost."""
         incidents.retry_pending_announcements(self.ctx)
         self.ctx.fire("on_sweep")
 
-    def _sweep_loop(self) -> None:
-        while not self._stop.wait(self.sweep_interval):
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("retry sweep failed")
+    def _every(self, name: str, interval: float, work: Callable[[], None]) -> None:
+        """Runs `work` every `interval` seconds on its own daemon thread until stop(); a failure waits for the next."""
 
-    def _checkpoint_loop(self) -> None:
-        while not self._stop.wait(CHECKPOINT_INTERVAL_SECONDS):
-            try:
-                self.ctx.db.checkpoint()
-            except Exception:  # the raw DB-API connection raises sqlite3 errors, not SQLAlchemy's
-                log.warning("SQLite checkpoint failed; the next one retries", exc_info=True)
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    work()
+                except Exception:  # the checkpoint's raw DB-API connection raises sqlite3 errors, not SQLAlchemy's
+                    log.exception("%s failed; the next run retries", name)
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
