@@ -68,7 +68,6 @@ class GuardedRequestHandler(SlackRequestHandler):
         # No secret (Socket Mode builds this too, unused): every HTTP request is refused.
         self.verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self.max_body = max_body
-        self._local = threading.local()
 
     def _read(self, environ: dict[str, Any]) -> bytes | None:
         """The raw body, or None when it is over the limit."""
@@ -92,8 +91,7 @@ class GuardedRequestHandler(SlackRequestHandler):
             return False
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        written = threading.Event()
-        self._local.written = written
+        written = environ[ACK_WRITTEN] = threading.Event()
         try:
             body = super().__call__(environ, start_response)
         except BaseException:
@@ -123,7 +121,7 @@ class GuardedRequestHandler(SlackRequestHandler):
             return BoltResponse(status=401, body={"error": "invalid request"})
         if bolt_request is None or body is None or not well_formed(body):
             return BoltResponse(status=400, body={"error": "malformed payload"})
-        bolt_request.context[ACK_WRITTEN] = getattr(self._local, "written", None)
+        bolt_request.context[ACK_WRITTEN] = request.environ.get(ACK_WRITTEN)
         return self.app.dispatch(bolt_request)
 
 
