@@ -15,6 +15,13 @@ log = logging.getLogger(__name__)
 HOLD_AT_MOST_SECONDS = 3.0
 
 
+def wait_for_ack(written: threading.Event | None) -> None:
+    """Waits until the ack is written (None: nothing to wait for). Bounded: a response that is never written
+    must not keep the work from ever starting."""
+    if written is not None:
+        written.wait(HOLD_AT_MOST_SECONDS)
+
+
 class TrackingExecutor(ThreadPoolExecutor):
     """A ThreadPoolExecutor that remembers its unfinished futures (Bolt's listener pool uses it too)."""
 
@@ -76,9 +83,7 @@ class BackgroundJobs:
 
     @staticmethod
     def _run(released: threading.Event | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if released is not None:
-            # Bounded: a response that is never written must not keep the work from ever starting.
-            released.wait(HOLD_AT_MOST_SECONDS)
+        wait_for_ack(released)
         try:
             return fn(*args, **kwargs)
         except Exception:

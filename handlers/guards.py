@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from bot.context import Context
-from bot.jobs import HOLD_AT_MOST_SECONDS
+from bot.jobs import wait_for_ack
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,7 @@ class GuardedRequestHandler(SlackRequestHandler):
 
 def wait_until_acked(context: Any) -> None:
     """For event listeners, which Bolt starts as it acks: let the response go out before the work begins."""
-    written = context.get(ACK_WRITTEN)
-    if isinstance(written, threading.Event):
-        written.wait(HOLD_AT_MOST_SECONDS)
+    wait_for_ack(context.get(ACK_WRITTEN))
 
 
 class _SetWhenClosed:
