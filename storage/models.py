@@ -279,3 +279,10 @@ class Report(Base):
     posted_at: Mapped[datetime | None]
     file_id: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# ---- Trust (issue "Trust"): each section below belongs to one item group ------------------------------------
+# -- events: ack after store (items 1, 2, 11) --
+# -- commands: replayed requests and rate limits (items 6, 9) --
+# -- access: who may see an incident (items 7, 8) --
+# -- announcement: slow Slack (item 5) --
