@@ -8,6 +8,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -103,7 +104,8 @@ class Server:
 
 def gunicorn_argv(threads: int = 16) -> list[str]:
     """The worker settings `incident-bot serve` gives gunicorn (app.py cmd_serve), for the bare app."""
-    return [str(VENV_BIN / "gunicorn"), "--chdir", str(REPO / "bench"), "--worker-class", "gthread",
+    return [str(VENV_BIN / "gunicorn"), "--chdir", str(REPO / "bench"),
+            "--worker-class", "handlers.server.BufferedWSGIWorker",
             "--workers", "1", "--threads", str(threads), "--timeout", "60", "--graceful-timeout", "20",
             "--no-control-socket", "--log-level", "warning", "--bind", "127.0.0.1:{port}",
             "bare_app:app"]
@@ -126,7 +128,9 @@ class Signer:
                 response_url: str = "http://127.0.0.1:9/none") -> tuple[bytes, dict[str, str]]:
         body = urlencode({"token": "x", "team_id": self.team_id, "channel_id": channel, "channel_name": "incidents",
                           "user_id": user, "user_name": user.lower(), "command": "/incident", "text": text,
-                          "response_url": response_url, "trigger_id": "1.2.3", "api_app_id": "A0SANDBOX"}).encode()
+                          "response_url": response_url, "api_app_id": "A0SANDBOX",
+                          # Unique, as Slack's are: the app answers a repeated trigger_id without running it again.
+                          "trigger_id": f"{int(time.time())}.{secrets.token_hex(8)}"}).encode()
         return body, self.headers(body, "application/x-www-form-urlencoded")
 
     def reply(self, *, channel: str, thread_ts: str, ts: str, user: str, text: str, event_id: str,
