@@ -7,9 +7,10 @@ already Markup (built by the filters below), so user text can never mention anyo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
@@ -19,6 +20,7 @@ import templates as templates_package
 TEMPLATE_DIR = Path(templates_package.__file__).resolve().parent
 _SLACK_ID = re.compile(r"^[UWBC][A-Z0-9]{2,20}$")
 _DIVIDER = "--"
+T = TypeVar("T")
 
 
 def slack_escape(value: object) -> str:
@@ -29,6 +31,26 @@ def slack_escape(value: object) -> str:
 def slack_unescape(text: str) -> str:
     """Text from Slack arrives entity-encoded; stored text is what the person typed."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+# What must stay whole in escaped mrkdwn: Slack's three entities and the bot's own <@U…>, <#C…>, <url|label> tokens.
+_UNBREAKABLE = re.compile(r"&(?:amp|lt|gt);|<[^<>\n]*>")
+SECTION_BUDGET = 2900  # under Slack's 3,000 per section text, leaving room for a "…"
+
+
+def clip_slack(text: str, limit: int, tail: str = "…") -> str:
+    """At most `limit` characters of escaped mrkdwn, cut on a character boundary outside any entity or token;
+    `tail` (counted in the limit) marks a cut. Measured after escaping, which is what Slack counts."""
+    if len(text) <= limit:
+        return text
+    cut = max(limit - len(tail), 0)
+    for token in _UNBREAKABLE.finditer(text):
+        if token.start() >= cut:
+            break
+        if token.end() > cut:
+            cut = token.start()
+            break
+    return (text[:cut].rstrip() + tail) if tail else text[:cut]
 
 
 def markdown_escape(value: object) -> str:
@@ -50,6 +72,11 @@ def markdown_line(value: object) -> Markup:
 
 def slack_line(value: object) -> Markup:
     return Markup(re.sub(r"\s*[\r\n]+\s*", " ", slack_escape("" if value is None else value)))
+
+
+def slack_clip(value: object, limit: int, tail: str = "…") -> Markup:
+    """`line`, then clipped to `limit` escaped characters: the length Slack sees, never a broken entity."""
+    return Markup(clip_slack(str(slack_line(value)), limit, tail))
 
 
 def mention(user_id: object) -> Markup:
@@ -94,7 +121,8 @@ def _make_env(escape: Any) -> Environment:
         auto_reload=False,
     )
     env.filters.update(
-        cell=markdown_cell, mdline=markdown_line, line=slack_line, mention=mention, channel=channel_link, raw=raw
+        cell=markdown_cell, mdline=markdown_line, line=slack_line, mention=mention, channel=channel_link, raw=raw,
+        clip=slack_clip,
     )
     return env
 
@@ -127,14 +155,22 @@ def text_to_blocks(text: str) -> list[dict[str, Any]]:
 
 
 def _sections(text: str) -> list[dict[str, Any]]:
-    # Slack caps a section's text at 3,000 characters; split on line boundaries.
+    # Slack caps a section's text at 3,000 characters (Block Kit reference, section block); split on line
+    # boundaries, and a line longer than that where no entity or <…> token breaks, so nothing is lost here.
     out: list[dict[str, Any]] = []
     piece = ""
     for line in text.split("\n"):
-        if len(piece) + len(line) + 1 > 2900 and piece:
+        while len(line) > SECTION_BUDGET:
+            head = clip_slack(line, SECTION_BUDGET, tail="") or line[:SECTION_BUDGET]
+            if piece:
+                out.append({"type": "section", "text": {"type": "mrkdwn", "text": piece}})
+                piece = ""
+            out.append({"type": "section", "text": {"type": "mrkdwn", "text": head}})
+            line = line[len(head):]
+        if len(piece) + len(line) + 1 > SECTION_BUDGET and piece:
             out.append({"type": "section", "text": {"type": "mrkdwn", "text": piece}})
             piece = ""
-        piece = f"{piece}\n{line}" if piece else line[:2900]
+        piece = f"{piece}\n{line}" if piece else line
     if piece:
         out.append({"type": "section", "text": {"type": "mrkdwn", "text": piece}})
     return out
@@ -144,6 +180,24 @@ def plain_fallback(text: str) -> str:
     """Dividers become blank lines, so notifications and clients without blocks keep the paragraphs."""
     lines = ["" if line.strip() == _DIVIDER else line for line in text.strip().split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def most_that_fits(render: Callable[[int], T], most: int, fits: Callable[[T], bool]) -> T:
+    """`render(n)` for the largest n ≤ `most` that `fits`, by bisection (a longer list never renders shorter),
+    so a list shows as many entries as the chat platform takes and says itself how many it left out."""
+    best = render(most)
+    if fits(best):
+        return best
+    low, high = 0, most - 1
+    best = render(0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        candidate = render(middle)
+        if fits(candidate):
+            low, best = middle, candidate
+        else:
+            high = middle - 1
+    return best
 
 
 class Renderer:

@@ -46,6 +46,7 @@ from bot.evidence.analysis import (
     top_patterns,
 )
 from bot.evidence.verify import VerifyResult, verify_rollback
+from bot.sanitize import clean_optional, clean_text
 
 REQUEST_LOG_ID = "run.googleapis.com%2Frequests"
 DEFAULT_TIMEOUT = 10.0  # seconds per HTTP call
@@ -101,7 +102,7 @@ def classify_exception(exc: BaseException, source: str) -> EvidenceError:
 
 
 def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
+    text = " ".join(clean_text(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -204,7 +205,18 @@ class ErrorLogCapture:
 
 def _labels(entry: Any) -> Mapping[str, str]:
     resource = getattr(entry, "resource", None)
-    return getattr(resource, "labels", None) or {}
+    return {k: clean_text(v) for k, v in (getattr(resource, "labels", None) or {}).items() if isinstance(v, str)}
+
+
+def _cleaned(value: Any) -> Any:
+    """Every string of a JSON-able tree from Google without NUL and other C0 controls, as at every way in."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, Mapping):
+        return {_cleaned(k): _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cleaned(v) for v in value]
+    return value
 
 
 def _status(http: Mapping[str, Any] | None) -> int | None:
@@ -241,9 +253,9 @@ def error_record(entry: Any) -> ErrorRecord:
         timestamp=getattr(entry, "timestamp", None),
         severity=getattr(entry, "severity", None) or "DEFAULT",
         revision=_labels(entry).get("revision_name"),
-        message=entry_message(entry),
-        log_name=getattr(entry, "log_name", "") or "",
-        request_url=(http or {}).get("requestUrl"),
+        message=clean_text(entry_message(entry)),
+        log_name=clean_text(getattr(entry, "log_name", "") or ""),
+        request_url=clean_optional((http or {}).get("requestUrl")),
         status=_status(http),
     )
 
@@ -302,7 +314,7 @@ def fetch_request_summary(client: cloud_logging.Client, project: str, service: s
         for entry in stream_request_logs(client, project, service, start, end, page_size):
             http = entry.http_request or {}
             agg.add(_labels(entry).get("revision_name") or "(unknown)", _status(http), http.get("latency"),
-                    entry.timestamp, http.get("requestUrl"))
+                    entry.timestamp, clean_optional(http.get("requestUrl")))
     except Exception as exc:
         raise classify_exception(exc, "logging") from exc
     return agg.summary()
@@ -318,7 +330,11 @@ def _run_retry(timeout: float) -> retries.Retry:
 
 
 def service_config_from(service: run_v2.Service) -> dict[str, Any]:
-    """A JSON-able summary of a Cloud Run Service (plus its full ``raw`` dict)."""
+    """A JSON-able summary of a Cloud Run Service (plus its full ``raw`` dict), its text cleaned."""
+    return _cleaned(_service_config(service))
+
+
+def _service_config(service: run_v2.Service) -> dict[str, Any]:
     latest_ready = short_revision(service.latest_ready_revision) or None
 
     def target(t: Any, with_uri: bool) -> dict[str, Any]:
