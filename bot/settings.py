@@ -20,6 +20,14 @@ DEFAULT_ROLES = ("lead", "backend", "devops", "monitoring", "manager", "qa")
 DEFAULT_MILESTONE_EMOJI = {"rotating_light": "detected", "rewind": "rollback", "white_check_mark": "recovered"}
 
 
+RATE_LIMITS = (
+    ("RATE_LIMIT_OPEN_PER_USER", "open_limit_per_user"),
+    ("RATE_LIMIT_OPEN_PER_CHANNEL", "open_limit_per_channel"),
+    ("RATE_LIMIT_POST_PER_USER", "post_limit_per_user"),
+    ("RATE_LIMIT_POST_PER_CHANNEL", "post_limit_per_channel"),
+)
+
+
 class SettingsError(ValueError):
     """One clear line: which variable, and what it should look like."""
 
@@ -52,6 +60,12 @@ class Settings:
     milestone_emoji: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MILESTONE_EMOJI))
     listener_threads: int = 16
     log_level: str = "INFO"
+    # Rate limits (hits per window; 0 = no limit): `open`, and the commands that post to the channel.
+    rate_limit_window: timedelta = timedelta(minutes=1)
+    open_limit_per_user: int = 5
+    open_limit_per_channel: int = 20
+    post_limit_per_user: int = 20
+    post_limit_per_channel: int = 60
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line."""
@@ -192,4 +206,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, require: tuple[str, .
         if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {v!r}")
         kwargs["log_level"] = v.upper()
+    if (v := get("RATE_LIMIT_WINDOW")) is not None:
+        kwargs["rate_limit_window"] = _duration("RATE_LIMIT_WINDOW", v)
+    for name, key in RATE_LIMITS:
+        if (v := get(name)) is not None:
+            if not re.fullmatch(r"[0-9]{1,6}", v.strip()) or int(v) > 100_000:
+                raise SettingsError(f"{name}: expected a whole number of requests from 0 (no limit) to 100000, "
+                                    f"got {v!r}")
+            kwargs[key] = int(v)
     return Settings(**kwargs)  # type: ignore[arg-type]

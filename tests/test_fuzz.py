@@ -7,9 +7,10 @@ subcommands added later are fuzzed too. A real Context on a temporary SQLite dat
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ from bot.settings import load_settings
 from storage import migrate
 
 CHANNEL = "C0INCIDENTS"
+_triggers = itertools.count()
 
 
 class RecordingMessenger:
     """Stands in for Slack: answers every call plausibly and remembers it."""
 
     bot_user_id = "U0BOT"
+    call_budget = timedelta(seconds=1)
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
@@ -90,6 +93,9 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     settings = load_settings({
         "DATABASE_URL": f"sqlite:///{path}", "SLACK_SIGNING_SECRET": "fuzz", "SCHEDULER_ENABLED": "false",
         "INCIDENT_TIMEZONE": "Asia/Seoul",
+        # Hundreds of commands by one person in one (manual) minute: the rate limits would answer them all.
+        "RATE_LIMIT_OPEN_PER_USER": "0", "RATE_LIMIT_OPEN_PER_CHANNEL": "0",
+        "RATE_LIMIT_POST_PER_USER": "0", "RATE_LIMIT_POST_PER_CHANNEL": "0",
     })
     context = build_context(settings, messenger=RecordingMessenger(),  # type: ignore[arg-type]
                             clock=ManualClock(datetime(2025, 10, 22, 5, 30, tzinfo=UTC)))
@@ -112,7 +118,8 @@ def run(ctx: Context, command: str, text: str) -> dict[str, Any]:
     acks: list[dict[str, Any]] = []
     responses: list[dict[str, Any]] = []
     body = {"command": command, "text": text, "user_id": "U0SENA", "user_name": "sena", "channel_id": CHANNEL,
-            "team_id": "T0SANDBOX", "response_url": "http://127.0.0.1:9/unused", "trigger_id": "1.2.3"}
+            "team_id": "T0SANDBOX", "response_url": "http://127.0.0.1:9/unused",
+            "trigger_id": f"1.2.{next(_triggers)}"}  # Slack's trigger_id is new for every command
 
     def ack(**kwargs: Any) -> None:
         acks.append(kwargs)

@@ -8,10 +8,11 @@ from slack_bolt import Respond
 
 from bot import incidents, reminders, timeline
 from bot.context import Context
-from bot.parsing import UsageError
+from bot.parsing import UsageError, decode
 from bot.ports import MessengerError
 from bot.timefmt import parse_future_clock_time
 from handlers.commands import Answer, CommandRequest, incident_subcommand
+from handlers.commands.access import asking
 from storage.models import Incident
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,13 @@ def meeting(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         # HH:MM is its next occurrence: a meeting is scheduled ahead, never in the past.
         when = parse_future_clock_time(text, now, ctx.settings.timezone).replace(second=0, microsecond=0)
     except ValueError:
-        raise UsageError("bad_meeting_time", "meeting", value=text[:40]) from None
+        # Slack sends `<`, `>` and `&` as entities; the template escapes once, so echo what the person typed.
+        raise UsageError("bad_meeting_time", "meeting", value=decode(text)[:40]) from None
     fmt = ctx.formatter()
     if when <= now:
         raise UsageError("meeting_in_past", "meeting", value=fmt.time(when, with_date=True))
     with ctx.db.session() as session:
-        found = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        found = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         incident = session.get_one(Incident, found.id, with_for_update=True, populate_existing=True)
         if incident.status == "cancelled":
             raise UsageError("meeting_cancelled_incident", "meeting", incident_id=incident.public_id)

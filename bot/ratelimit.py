@@ -1,0 +1,114 @@
+"""Rate limits: per-user and per-channel budgets on what can flood a channel (issue "Trust", item 9).
+
+Hits are rows in the database, so every replica counts the same budget, and the check and the hit share one
+transaction: on PostgreSQL an advisory lock per budget key serialises concurrent checks of the same key, on
+SQLite the write lock every transaction takes already does. A budget is keyed by its `source` (`open`, `post`;
+alerts will get their own) and by whom or where it limits, so sources never eat into each other's budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from bot.context import Context
+from storage.models import RateHit
+
+OPEN = "open"
+POST = "post"
+
+
+@dataclass(frozen=True)
+class Limit:
+    key: str  # `user:U…` or `channel:C…`
+    most: int  # hits allowed per window; 0 means no limit
+
+    @property
+    def scope(self) -> str:
+        return self.key.partition(":")[0]
+
+
+class RateLimited(Exception):
+    """A budget is spent: nothing was counted, and the request must store nothing."""
+
+    def __init__(self, source: str, limit: Limit, window: timedelta, retry_at: datetime) -> None:
+        super().__init__(f"{source} limit {limit.key} reached; retry at {retry_at.isoformat()}")
+        self.source, self.limit, self.window, self.retry_at = source, limit, window, retry_at
+
+
+def _lock_id(source: str, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{source}\0{key}".encode()).digest()[:8], "big", signed=True)
+
+
+def take(session: Session, source: str, limits: Sequence[Limit], *, now: datetime, window: timedelta) -> list[int]:
+    """Counts one hit against every limit, or none at all: RateLimited when any of them is spent.
+
+    Returns the ids of the hits, so that a request which turns out to be bad input can give them back.
+    """
+    active = {limit.key: limit for limit in limits if limit.most > 0}
+    if not active:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        # In one global order, so two requests sharing a channel never wait on each other in a cycle.
+        lock_ids = sorted(_lock_id(source, key) for key in active)
+        session.execute(select(*(func.pg_advisory_xact_lock(lock_id) for lock_id in lock_ids)))
+    counted = session.execute(
+        select(RateHit.key, func.count(), func.min(RateHit.at))
+        .where(RateHit.source == source, RateHit.key.in_(list(active)), RateHit.at > now - window)
+        .group_by(RateHit.key)
+    ).all()
+    spent = [(first + window, active[key]) for key, hits, first in counted if hits >= active[key].most]
+    if spent:
+        retry_at, limit = max(spent, key=lambda pair: pair[0])  # every spent budget must have room again
+        raise RateLimited(source, limit, window, retry_at)
+    hits = [RateHit(source=source, key=key, at=now) for key in active]
+    session.add_all(hits)
+    session.flush()
+    return [hit.id for hit in hits]
+
+
+def give_back(ctx: Context, hit_ids: Sequence[int]) -> None:
+    if hit_ids:
+        with ctx.db.session() as session:
+            session.execute(delete(RateHit).where(RateHit.id.in_(list(hit_ids))))
+
+
+def command_limits(ctx: Context, source: str, user_id: str, channel_id: str) -> list[Limit]:
+    settings = ctx.settings
+    per_user, per_channel = {
+        OPEN: (settings.open_limit_per_user, settings.open_limit_per_channel),
+        POST: (settings.post_limit_per_user, settings.post_limit_per_channel),
+    }[source]
+    return [Limit(f"user:{user_id}", per_user), Limit(f"channel:{channel_id}", per_channel)]
+
+
+@dataclass
+class Spend:
+    """What one slash command took from its budgets: the hits (to give back after bad input) or the refusal."""
+
+    hits: list[int] = field(default_factory=list)
+    refused: RateLimited | None = None
+
+    def take(self, ctx: Context, session: Session, source: str, user_id: str, channel_id: str) -> None:
+        """Takes from the per-user and per-channel budgets of `source` in the caller's transaction. A refusal
+        is kept, not raised, so that the caller's transaction (which records the request) still commits."""
+        limits = command_limits(ctx, source, user_id, channel_id)
+        try:
+            self.hits = take(session, source, limits, now=ctx.clock.now(), window=ctx.settings.rate_limit_window)
+        except RateLimited as refusal:
+            self.refused = refusal
+
+    def check(self) -> None:
+        if self.refused is not None:
+            raise self.refused
+
+
+def expire(ctx: Context) -> None:
+    """Hits older than the window count for nothing any more (run by the sweep)."""
+    with ctx.db.session() as session:
+        session.execute(delete(RateHit).where(RateHit.at <= ctx.clock.now() - ctx.settings.rate_limit_window))

@@ -1,0 +1,95 @@
+"""The listener side of replay dedupe (bot/replays.py): the first delivery of a trigger_id runs with an ack that
+remembers its answer, and a replay is acked with that same answer without running the listener."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import Ack, BoltResponse
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from bot import replays
+from bot.context import Context
+
+log = logging.getLogger(__name__)
+
+
+class RecordingAck:
+    """Bolt's ack, storing what it answered so that a replay can be given the same answer."""
+
+    def __init__(self, ctx: Context, ack: Ack, trigger_id: str) -> None:
+        self._ctx, self._ack, self._trigger_id = ctx, ack, trigger_id
+
+    def __call__(self, *args: Any, **kwargs: Any) -> BoltResponse:
+        response = self._ack(*args, **kwargs)
+        # The same ack call gives the same HTTP answer, so the call's arguments are what is kept. Stored after
+        # the response is written (a job held by the caller), so it costs the ack nothing; a replay arriving
+        # meanwhile waits for it.
+        self._ctx.jobs.submit(self._record, {"args": list(args), "kwargs": kwargs})
+        return response
+
+    def _record(self, answer: dict[str, Any]) -> None:
+        try:
+            replays.record_answer(self._ctx, self._trigger_id, answer)
+        except (SQLAlchemyError, TypeError, ValueError):  # TypeError, ValueError: not JSON
+            # The answer went out; a replay of this request then gets the "already handled" answer.
+            log.warning("could not store the answer for replays of this request", exc_info=True)
+
+
+def answer_again(ack: Ack, answer: dict[str, Any]) -> None:
+    ack(*answer.get("args", []), **answer.get("kwargs", {}))
+
+
+def claim(ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: str | None,
+          pending: Callable[[Ack], None], also: Callable[[Session], None] | None = None) -> Ack | None:
+    """The ack to run the request with, or None when it is a replay and has been answered already.
+
+    `also` runs in the transaction that records a first delivery (or for a request without a trigger_id, which
+    cannot be deduplicated), so that it costs the ack no second commit. `pending` answers a replay whose first
+    delivery has not answered within bot.replays.WAIT_SECONDS. Raises SQLAlchemyError when the database cannot
+    tell (the caller answers as for any database failure).
+    """
+    trigger_id = replays.dedupe_key(body)
+    with ctx.db.session() as session:
+        first = trigger_id is None or replays.first_delivery(session, ctx.clock.now(), trigger_id, kind, user_id)
+        if first and also is not None:
+            also(session)
+    if trigger_id is None:
+        return ack
+    if first:
+        return RecordingAck(ctx, ack, trigger_id)  # type: ignore[return-value]
+    log.info("replayed %s answered from its first delivery", kind)
+    answer = replays.wait_for_answer(ctx, trigger_id)
+    if answer is None:
+        pending(ack)
+    else:
+        answer_again(ack, answer)
+    return None
+
+
+def once(ctx: Context) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorates an interaction listener (taking `ack` and `body`) so a replay of its trigger_id never runs it."""
+
+    def decorate(listener: Callable[..., Any]) -> Callable[..., Any]:
+        names = inspect.signature(listener).parameters
+        if "ack" not in names or "body" not in names:
+            raise TypeError(f"{listener.__name__} must take ack and body to be deduplicated")
+
+        @functools.wraps(listener)  # Bolt injects arguments by the wrapped listener's parameter names
+        def run_once(**kwargs: Any) -> Any:
+            body = kwargs["body"]
+            user = body.get("user") if isinstance(body.get("user"), dict) else {}
+            run_ack = claim(ctx, body, kwargs["ack"], kind=str(body.get("type") or "interaction"),
+                            user_id=user.get("id"), pending=lambda ack: ack())
+            if run_ack is None:
+                return None
+            return listener(**{**kwargs, "ack": run_ack})
+
+        return run_once
+
+    return decorate
