@@ -44,19 +44,29 @@ class OpenRequest:
 
 
 def split_command(text: str) -> CommandText:
-    """`[INCIDENT-…] sub rest…` → its parts. Slack's entities are decoded; mentions stay `<@U…>` tokens."""
+    """`[INCIDENT-…] sub rest…` or `sub [INCIDENT-…] rest…` → its parts; `rest` is the user's text, verbatim.
+
+    An incident ID counts only as the first word or as the word right after the subcommand: an ID anywhere else is
+    part of the free text (`why same failure as INCIDENT-…`) and neither retargets the command nor is cut out of
+    it. `open` names no incident, so its title keeps an ID it starts with. Slack's entities stay encoded here.
+    """
     raw = (text or "").replace("\x00", "")
-    cleaned = raw.strip()
-    incident_id = None
-    match = INCIDENT_ID_RE.search(cleaned)
-    if match:
-        incident_id = f"INCIDENT-{match.group(1)}-{match.group(2)}"
-        cleaned = (cleaned[: match.start()] + cleaned[match.end():]).strip()
-    sub, _, rest = cleaned.partition(" ")
-    if "\n" in sub:
-        sub, _, more = sub.partition("\n")
-        rest = f"{more} {rest}".strip()
-    return CommandText(sub=sub.lower(), rest=rest.strip(), incident_id=incident_id, raw=raw)
+    words = raw.split(None, 1)
+    incident_id = _incident_id(words[0]) if words else None
+    if incident_id is not None:
+        words = words[1].split(None, 1) if len(words) > 1 else []
+    sub = words[0].lower() if words else ""
+    rest = words[1].strip() if len(words) > 1 else ""
+    if incident_id is None and sub != "open":
+        head = rest.split(None, 1)
+        if head and (named := _incident_id(head[0])) is not None:
+            incident_id, rest = named, head[1].strip() if len(head) > 1 else ""
+    return CommandText(sub=sub, rest=rest, incident_id=incident_id, raw=raw)
+
+
+def _incident_id(word: str) -> str | None:
+    match = INCIDENT_ID_RE.fullmatch(word)
+    return f"INCIDENT-{match.group(1)}-{match.group(2)}" if match else None
 
 
 def decode(text: str) -> str:

@@ -511,8 +511,8 @@ def test_commands_without_an_incident_or_with_several(bot: LocalBot) -> None:
     second, _ = open_incident(bot, "두 번째")
     answer = run(bot, "severity low")
     assert "여러 개" in answer and first in answer and second in answer
-    assert f"`{second}` 심각도를 바꿨습니다" in run(bot, f"severity low {second}")
-    assert "`INCIDENT-20990101-001` 사건을 찾을 수 없습니다" in run(bot, "status resolved INCIDENT-20990101-001")
+    assert f"`{second}` 심각도를 바꿨습니다" in run(bot, f"severity {second} low")
+    assert "`INCIDENT-20990101-001` 사건을 찾을 수 없습니다" in run(bot, "status INCIDENT-20990101-001 resolved")
 
 
 def test_user_text_never_mentions_anyone(bot: LocalBot) -> None:

@@ -24,7 +24,8 @@ def test_manifest_is_package_data_with_escaped_commands_and_least_scopes() -> No
     assert data["settings"]["interactivity"]["is_enabled"] is True
     scopes = set(data["oauth_config"]["scopes"]["bot"])
     assert scopes == {"commands", "chat:write", "channels:history", "groups:history", "reactions:read",
-                      "reactions:write", "users:read", "files:write", "app_mentions:read"}
+                      "reactions:write", "users:read", "files:write", "app_mentions:read", "channels:read",
+                      "groups:read"}
     assert "chat:write.public" not in scopes and "admin" not in " ".join(scopes)
 
 

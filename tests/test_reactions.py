@@ -183,7 +183,7 @@ def test_which_incident_a_reaction_belongs_to(bot: LocalBot) -> None:
     with bot.ctx.db.session() as session:
         owner = session.get_one(Incident, pinned.incident_id).public_id
     assert owner == first  # the thread decides, whatever else is open
-    run(bot, f"status resolved {second}")
+    run(bot, f"status {second} resolved")
     react(bot, channel_message["ts"], "U0LUBIT", "pushpin")
     [pin] = visible(bot, "pin")
     with bot.ctx.db.session() as session:
