@@ -41,6 +41,7 @@ TRANSITIONS = {"start": "in_progress", "done": "done", "reopen": "open"}
 MAX_NOTES = 50
 MAX_ACTIONS = 500
 UNPOSTED_RETRY_AFTER = timedelta(minutes=2)
+ACTION_ITEM_EVENT = "incident_action_item"  # the message metadata that marks an action item's message
 UNPOSTED_GIVE_UP_AFTER = timedelta(days=1)
 
 
@@ -220,8 +221,11 @@ def action_item_message(
     return message
 
 
-def post_action_item(ctx: Context, item_id: int) -> str | None:
-    """Posts the item into the incident thread once; None while the thread does not exist yet."""
+def post_action_item(ctx: Context, item_id: int, *, look_first: bool = False) -> str | None:
+    """Posts the item into the incident thread once; None while the thread does not exist yet.
+
+    `look_first` (the sweep): an earlier attempt may have posted it although Slack's answer never came, so the
+    thread is searched for the item's metadata before posting it."""
     with ctx.db.session() as session:
         item = session.get_one(ActionItem, item_id)
         incident = session.get_one(Incident, item.incident_id)
@@ -231,7 +235,12 @@ def post_action_item(ctx: Context, item_id: int) -> str | None:
             return None
         message = action_item_message(ctx, item, incident)
         channel, thread_ts = incident.channel_id, incident.announcement_ts
-    ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts)
+        metadata = {"event_type": ACTION_ITEM_EVENT, "event_payload": {"action_item_id": item.id}}
+        since = item.created_at.timestamp()
+    ts = ctx.messenger.find_posted(channel, metadata, since=since, thread_ts=thread_ts) if look_first else None
+    if ts is None:
+        ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts,
+                                        metadata=metadata)
     with ctx.db.session() as session:
         session.execute(
             update(ActionItem).where(ActionItem.id == item_id, ActionItem.message_ts.is_(None)).values(message_ts=ts)
@@ -266,7 +275,7 @@ def retry_unposted_action_items(ctx: Context) -> int:
     posted = 0
     for item_id in pending:
         try:
-            if post_action_item(ctx, item_id):
+            if post_action_item(ctx, item_id, look_first=True):
                 posted += 1
         except MessengerError as error:
             log.warning("action item %s still not posted: %s", item_id, error.kind)

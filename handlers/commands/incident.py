@@ -32,8 +32,11 @@ def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
 
 def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond) -> None:
     try:
-        incidents.post_announcement(ctx, incident_id)
+        ts = incidents.post_announcement(ctx, incident_id)
     except MessengerError as error:
-        tell(respond, ctx.say("incident.announce_failed", public_id=public_id, reason=error.kind))
+        # Slack may have posted it: "failed" would be wrong, and the sweep finishes it once, whichever it was.
+        outcome = "incident.announce_pending" if error.outcome_unknown else "incident.announce_failed"
+        tell(respond, ctx.say(outcome, public_id=public_id, reason=error.kind))
         return
-    ctx.fire("on_announced", incident_id)
+    if ts is not None:  # None: already on record, or another worker is posting it and says so when it is done
+        ctx.fire("on_announced", incident_id)
