@@ -4,35 +4,42 @@ Which incident a message belongs to: the incident whose thread it is in (or whos
 message already on a timeline belongs to that incident; anything else in the channel belongs to the
 channel's single open incident. With several open incidents, or none, the reaction is ignored silently.
 
-Slack redelivers events; the unique constraints (one event per message per incident, one pin per person per
-event) make a redelivery change nothing, and a refusal is told once per reaction event.
+A reaction is stored (`receive`, a `MessageReaction` row per person, message and emoji) before Slack gets its
+ack; what it needs from Slack (the message's text, names, the ☑ acknowledgement) happens afterwards (`apply`).
+The row keeps the person's latest event by Slack's `event_ts`, so an add and a remove apply in the order they
+were made, whatever order their deliveries or their background work finish in. A redelivery changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot import incidents, lifecycle, timeline
+from bot import incidents, ingest, lifecycle, timeline
 from bot.context import Context
 from bot.parsing import CLOSED_STATUSES
 from bot.ports import ChatMessage, MessengerError
 from bot.render import slack_unescape
+from bot.sanitize import clean_text
 from bot.timefmt import slack_ts_to_datetime
-from storage.models import EventPin, Incident, TimelineEvent
+from storage.models import EventPin, Incident, MessageReaction, TimelineEvent
 
 log = logging.getLogger(__name__)
 
 PIN = "pushpin"
 ACK_EMOJI = "ballot_box_with_check"  # the bot's "noted", distinct from every default milestone emoji
-_NOTIFIED_MAX = 2000
+# A stored reaction whose work has not finished this long after it arrived was lost with its process: the sweep
+# carries it out. Long enough never to race the job that is still running it.
+PENDING_AFTER = timedelta(seconds=60)
+# The work for one message runs one at a time in this process (striped locks: bounded memory).
+_message_locks = [threading.Lock() for _ in range(64)]
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,6 @@ class Reaction:
     channel: str
     ts: str
     event_ts: str | None = None
-
-    @property
-    def key(self) -> tuple[str | None, str, str, str, str, bool]:
-        return (self.event_ts, self.user, self.emoji, self.channel, self.ts, self.added)
 
 
 @dataclass(frozen=True)
@@ -63,23 +66,75 @@ def emoji_name(raw: str) -> str:
     return raw.split("::", 1)[0].strip(":")
 
 
-def handle(ctx: Context, reaction: Reaction) -> None:
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _row_key(channel: str, ts: str, user: str, emoji: str) -> tuple[object, ...]:
+    return (MessageReaction.channel == channel, MessageReaction.message_ts == ts, MessageReaction.user_id == user,
+            MessageReaction.emoji == emoji)
+
+
+# ---- before the ack ---------------------------------------------------------------------------------------------
+
+
+def receive(ctx: Context, reaction: Reaction) -> bool:
+    """Stores a 📌 or milestone reaction and queues its work; other emoji are ignored. Runs before the ack, so
+    it never calls Slack. True when there is work to do (False for a redelivery of work already done)."""
     if not reaction.user or not reaction.channel or not reaction.ts:
-        return
-    if reaction.user == ctx.messenger.bot_user_id:
-        return  # our own acknowledgements
+        return False
     name = emoji_name(reaction.emoji)
-    if name == PIN:
-        if reaction.added:
-            pin(ctx, reaction)
+    if name != PIN and name not in ctx.settings.milestone_emoji:
+        return False
+    now = ctx.clock.now()
+    # Slack's ts are "seconds.micros" of a fixed width, so they order as strings.
+    event_ts = reaction.event_ts or f"{now.timestamp():.6f}"
+    with ctx.db.session() as session:
+        statement = _insert(session)(MessageReaction).values(
+            channel=reaction.channel, message_ts=reaction.ts, user_id=reaction.user, emoji=name,
+            added=reaction.added, event_ts=event_ts, applied=False, updated_at=now,
+        )
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["channel", "message_ts", "user_id", "emoji"],
+            set_={"added": statement.excluded.added, "event_ts": statement.excluded.event_ts, "applied": False,
+                  "updated_at": statement.excluded.updated_at},
+            where=MessageReaction.event_ts < statement.excluded.event_ts,  # the later event wins
+        ))
+        applied = session.scalar(select(MessageReaction.applied).where(*_row_key(reaction.channel, reaction.ts,
+                                                                                  reaction.user, name)))
+    if applied:
+        return False
+    ctx.jobs.submit(apply, ctx, reaction.channel, reaction.ts, reaction.user, name)
+    return True
+
+
+# ---- after the ack ----------------------------------------------------------------------------------------------
+
+
+def apply(ctx: Context, channel: str, ts: str, user: str, emoji: str) -> None:
+    """Carries out what the person's stored reaction says now (not what the event that queued this said)."""
+    with _message_locks[hash((channel, ts)) % len(_message_locks)]:
+        if emoji == PIN:
+            apply_pins(ctx, channel, ts)
         else:
-            unpin(ctx, reaction)
-    elif name in ctx.settings.milestone_emoji:
-        milestone = ctx.settings.milestone_emoji[name]
-        if reaction.added:
-            set_from_reaction(ctx, reaction, milestone)
-        else:
-            undo_from_reaction(ctx, reaction, milestone)
+            _apply_milestone(ctx, channel, ts, user, emoji)
+
+
+def apply_pending(ctx: Context) -> int:
+    """The sweep: reactions stored before a crash whose work never ran."""
+    with ctx.db.read() as session:
+        pending = session.execute(
+            select(MessageReaction.channel, MessageReaction.message_ts, MessageReaction.user_id, MessageReaction.emoji)
+            .where(MessageReaction.applied.is_(False), MessageReaction.updated_at < ctx.clock.now() - PENDING_AFTER)
+            .limit(200)
+        ).all()
+    for channel, ts, user, emoji in pending:
+        apply(ctx, channel, ts, user, emoji)
+    return len(pending)
+
+
+def install(ctx: Context) -> None:
+    ctx.hook("on_sweep", apply_pending)
 
 
 # ---- finding the incident -------------------------------------------------------------------------------------
@@ -113,7 +168,7 @@ def _single_open(session: Session, channel: str) -> int | None:
 
 
 def locate(ctx: Context, channel: str, ts: str, *, need_message: bool) -> Located | None:
-    with ctx.db.session() as session:
+    with ctx.db.read() as session:
         known = _known(session, channel, ts)
     if known is not None and (not need_message or known.event_id is not None):
         return known
@@ -127,7 +182,7 @@ def locate(ctx: Context, channel: str, ts: str, *, need_message: bool) -> Locate
     if known is not None:
         return Located(known.incident_id, known.thread_ts, known.in_incident_thread, message, known.event_id)
     thread_ts = message.thread_ts if message.thread_ts and message.thread_ts != ts else None
-    with ctx.db.session() as session:
+    with ctx.db.read() as session:
         if thread_ts is not None:
             incident = incidents.find_by_thread(session, channel, thread_ts)
             if incident is not None:
@@ -141,71 +196,102 @@ def locate(ctx: Context, channel: str, ts: str, *, need_message: bool) -> Locate
 # ---- 📌 ---------------------------------------------------------------------------------------------------------
 
 
-def _insert_pin(session: Session, event_id: int, user: str, at: datetime) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(
-        insert(EventPin).values(event_id=event_id, user_id=user, created_at=at)
-        .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
+def _pinned_by(session: Session, channel: str, ts: str, *, lock: bool = False) -> tuple[set[str], set[str]]:
+    """(who pins the message now, who has a stored 📌 at all). `lock` keeps a concurrent apply for the same
+    message (another replica's) waiting until this transaction ends."""
+    query = select(MessageReaction.user_id, MessageReaction.added).where(
+        MessageReaction.channel == channel, MessageReaction.message_ts == ts, MessageReaction.emoji == PIN
     )
+    rows = session.execute(query.with_for_update() if lock else query).all()
+    return {user for user, added in rows if added}, {user for user, _ in rows}
 
 
-def pin(ctx: Context, reaction: Reaction) -> bool:
-    """Puts the message on the timeline, highlighted, at its own time and with its own author."""
-    located = locate(ctx, reaction.channel, reaction.ts, need_message=True)
-    if located is None:
-        return False
-    if located.event_id is None:
-        message = located.message
-        assert message is not None
-        author = message.user or message.bot_id
-        # The name is a Slack call: outside the write transaction.
-        name = ctx.messenger.user_name(message.user) if message.user else None
-        kind = "message" if located.in_incident_thread and located.thread_ts else "pin"
-        with ctx.db.session() as session:
-            incident = session.get_one(Incident, located.incident_id)
-            timeline.record_message(
-                session, incident, channel=reaction.channel, ts=reaction.ts, user=author, author_name=name,
-                text=slack_unescape(message.text), at=slack_ts_to_datetime(reaction.ts), kind=kind, highlighted=True,
-            )
+def apply_pins(ctx: Context, channel: str, ts: str) -> None:
+    """Makes the timeline show the message as pinned exactly by the people whose latest 📌 is on: a pin joins
+    the timeline with the first and leaves it with the last, and a reply is highlighted meanwhile."""
+    with ctx.db.read() as session:
+        wanted, _ = _pinned_by(session, channel, ts)
+    # The message's text is a Slack call: outside the write transaction, and only when someone pins it.
+    located = locate(ctx, channel, ts, need_message=True) if wanted else None
     now = ctx.clock.now()
+    recorded: tuple[int, str] | None = None
     with ctx.db.session() as session:
-        event = timeline.find_message_event(session, located.incident_id, reaction.channel, reaction.ts)
-        if event is None:
-            return False
-        if event.kind == "pin":
+        wanted, reacted = _pinned_by(session, channel, ts, lock=True)
+        if wanted and located is not None and located.event_id is None and located.message is not None:
+            recorded = _record_pinned_message(session, channel, ts, located)
+        for event in session.scalars(
+            select(TimelineEvent).where(TimelineEvent.slack_channel == channel, TimelineEvent.slack_ts == ts)
+        ).all():
+            _set_pins(session, event, wanted, reacted, now)
+        # Everything read under the lock is now carried out; a row written after it queued its own apply.
+        session.execute(
+            update(MessageReaction)
+            .where(MessageReaction.channel == channel, MessageReaction.message_ts == ts, MessageReaction.emoji == PIN)
+            .values(applied=True)
+        )
+    if recorded is not None:
+        ingest.complete_names_later(ctx, *recorded)
+
+
+def _record_pinned_message(session: Session, channel: str, ts: str, located: Located) -> tuple[int, str] | None:
+    """Puts the message on the timeline, at its own time and with its own author; the name comes later.
+    Returns what needs a name lookup."""
+    message = located.message
+    assert message is not None
+    author = message.user or message.bot_id
+    kind = "message" if located.in_incident_thread and located.thread_ts else "pin"
+    incident = session.get_one(Incident, located.incident_id)
+    stored = timeline.record_message(
+        session, incident, channel=channel, ts=ts, user=author, author_name=None,
+        text=clean_text(slack_unescape(message.text)), at=slack_ts_to_datetime(ts), kind=kind, highlighted=True,
+    )
+    return (located.incident_id, message.user) if stored and message.user else None
+
+
+def _set_pins(session: Session, event: TimelineEvent, wanted: set[str], reacted: set[str], now: datetime) -> None:
+    have = set(session.scalars(select(EventPin.user_id).where(EventPin.event_id == event.id)).all())
+    # Only people with a stored 📌 are taken off: pins from before reactions were stored stay.
+    gone = (have & reacted) - wanted
+    if gone:
+        session.execute(delete(EventPin).where(EventPin.event_id == event.id, EventPin.user_id.in_(gone)))
+    for user in sorted(wanted - have):
+        session.execute(
+            _insert(session)(EventPin).values(event_id=event.id, user_id=user, created_at=now)
+            .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
+        )
+    pinned = bool((have - gone) | wanted)
+    if event.kind == "pin":
+        event.highlighted = pinned
+        if not pinned and event.deleted_at is None:
+            event.deleted_at = now
+        elif pinned:
             event.deleted_at = None  # pinned again after the last 📌 was taken off
-        elif event.deleted_at is not None:
-            return False  # the message itself was deleted
-        event.highlighted = True
-        _insert_pin(session, event.id, reaction.user, now)
-    return True
-
-
-def unpin(ctx: Context, reaction: Reaction) -> int:
-    """Removes this person's 📌; when it was the last, a pin leaves the timeline and a reply loses its highlight."""
-    now = ctx.clock.now()
-    changed = 0
-    with ctx.db.session() as session:
-        pinned = session.scalars(
-            select(TimelineEvent)
-            .join(EventPin, EventPin.event_id == TimelineEvent.id)
-            .where(TimelineEvent.slack_channel == reaction.channel, TimelineEvent.slack_ts == reaction.ts,
-                   EventPin.user_id == reaction.user)
-        ).all()
-        for event in pinned:
-            session.execute(delete(EventPin).where(EventPin.event_id == event.id, EventPin.user_id == reaction.user))
-            left = session.scalar(select(func.count()).select_from(EventPin).where(EventPin.event_id == event.id))
-            if left:
-                continue
-            event.highlighted = False
-            if event.kind == "pin" and event.deleted_at is None:
-                event.deleted_at = now
-            changed += 1
-    return changed
+    elif event.deleted_at is None:  # a deleted reply stays deleted, pinned or not
+        event.highlighted = pinned
 
 
 # ---- milestone emoji --------------------------------------------------------------------------------------------
+
+
+def _apply_milestone(ctx: Context, channel: str, ts: str, user: str, emoji: str) -> None:
+    with ctx.db.read() as session:
+        row = session.execute(
+            select(MessageReaction.added, MessageReaction.event_ts, MessageReaction.applied)
+            .where(*_row_key(channel, ts, user, emoji))
+        ).first()
+    if row is None or row.applied:
+        return  # done already (a redelivery, or the sweep beside the job)
+    milestone = ctx.settings.milestone_emoji.get(emoji)
+    if milestone is not None:
+        reaction = Reaction(row.added, user, emoji, channel, ts, row.event_ts)
+        if row.added:
+            set_from_reaction(ctx, reaction, milestone)
+        else:
+            undo_from_reaction(ctx, reaction, milestone)
+    with ctx.db.session() as session:
+        # Only this event is done: a later one stored meanwhile keeps its own work queued.
+        session.execute(update(MessageReaction).where(*_row_key(channel, ts, user, emoji),
+                                                      MessageReaction.event_ts == row.event_ts).values(applied=True))
 
 
 def set_from_reaction(ctx: Context, reaction: Reaction, milestone: str) -> lifecycle.MilestoneResult | None:
@@ -214,7 +300,8 @@ def set_from_reaction(ctx: Context, reaction: Reaction, milestone: str) -> lifec
         return None
     name = ctx.messenger.user_name(reaction.user)
     result = lifecycle.set_milestone(
-        ctx, located.incident_id, milestone, slack_ts_to_datetime(reaction.ts), reaction.user, name,
+        ctx, located.incident_id, milestone, slack_ts_to_datetime(reaction.ts), reaction.user,
+        clean_text(name) if name else None,
         source={"via": "reaction", "emoji": emoji_name(reaction.emoji), "source_channel": reaction.channel,
                 "source_ts": reaction.ts},
     )
@@ -224,13 +311,13 @@ def set_from_reaction(ctx: Context, reaction: Reaction, milestone: str) -> lifec
         except MessengerError as error:
             log.warning("could not acknowledge the milestone reaction: %s", error.kind)
         return result
-    if _first_time(ctx, reaction):
-        error = lifecycle.refusal(ctx, located.incident_id, result)
-        text = ctx.say("incident.error", code=error.code, params=error.params)
-        try:
-            ctx.messenger.post_ephemeral(reaction.channel, reaction.user, text, thread_ts=located.thread_ts)
-        except MessengerError as failure:
-            log.warning("could not explain a refused milestone reaction: %s", failure.kind)
+    # Told once per reaction: its stored row is marked done afterwards, so a redelivery comes nowhere near here.
+    error = lifecycle.refusal(ctx, located.incident_id, result)
+    text = ctx.say("incident.error", code=error.code, params=error.params)
+    try:
+        ctx.messenger.post_ephemeral(reaction.channel, reaction.user, text, thread_ts=located.thread_ts)
+    except MessengerError as failure:
+        log.warning("could not explain a refused milestone reaction: %s", failure.kind)
     return result
 
 
@@ -242,18 +329,3 @@ def undo_from_reaction(ctx: Context, reaction: Reaction, milestone: str) -> bool
         ctx, located.incident_id, milestone, source_channel=reaction.channel, source_ts=reaction.ts,
         actor=reaction.user,
     )
-
-
-_notified_lock = threading.Lock()
-
-
-def _first_time(ctx: Context, reaction: Reaction) -> bool:
-    """A redelivered reaction event must not repeat the ephemeral explanation (bounded memory, per process)."""
-    with _notified_lock:
-        seen = ctx.extras.setdefault("pins.notified", OrderedDict())
-        if reaction.key in seen:
-            return False
-        seen[reaction.key] = True
-        while len(seen) > _NOTIFIED_MAX:
-            seen.popitem(last=False)
-        return True

@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from bot import pins
-from bot.context import Context
 
 
-def handle(ctx: Context, name: str, event: dict[str, Any]) -> None:
+def incoming(name: str, event: dict[str, Any]) -> pins.Reaction | None:
+    """The reaction a `reaction_added` / `reaction_removed` event describes; None when it is not on a message."""
     item = event.get("item") or {}
     if not isinstance(item, dict) or item.get("type") != "message":
-        return  # reactions on files and file comments are not timeline material
-    pins.handle(ctx, pins.Reaction(
-        added=name == "reaction_added", user=str(event.get("user") or ""), emoji=str(event.get("reaction") or ""),
-        channel=str(item.get("channel") or ""), ts=str(item.get("ts") or ""), event_ts=event.get("event_ts"),
-    ))
+        return None  # reactions on files and file comments are not timeline material
+    fields = (event.get("user"), event.get("reaction"), item.get("channel"), item.get("ts"))
+    if not all(isinstance(value, str) and value for value in fields):
+        return None  # not the shape Slack documents: nothing to store
+    user, emoji, channel, ts = fields
+    event_ts = event.get("event_ts")
+    return pins.Reaction(added=name == "reaction_added", user=user, emoji=emoji, channel=channel, ts=ts,
+                         event_ts=event_ts if isinstance(event_ts, str) else None)

@@ -23,7 +23,7 @@ from sandbox.driver import SlackDriver
 from sandbox.harness import SIGNING_SECRET, LocalBot
 from storage.db import Database
 from storage.models import Incident, TimelineEvent
-from tests.helpers import count, open_incident
+from tests.helpers import count, events, open_incident
 
 
 class _Capturing(SlackDriver):
@@ -68,16 +68,17 @@ def test_the_announcement_is_posted_only_after_the_ack_is_written(bot: LocalBot)
     _eventually(lambda: bot.slack.calls("chat.postMessage"))
 
 
-def test_a_thread_reply_is_recorded_once_its_ack_is_written(bot: LocalBot) -> None:
+def test_a_thread_reply_is_stored_before_its_ack_and_named_after_it(bot: LocalBot) -> None:
     _, thread_ts = open_incident(bot)
     before = count(bot, TimelineEvent)
     statuses, _, result = _wsgi_call(bot, lambda d: d.say("C0INCIDENTS", "U0LEMUN", "롤백 시작합니다",
                                                           thread_ts=thread_ts))
     assert statuses == ["200 OK"]
+    assert count(bot, TimelineEvent) == before + 1  # committed before the 200 existed
     time.sleep(0.5)
-    assert count(bot, TimelineEvent) == before
+    assert bot.slack.calls("users.info") == []  # the name lookup is held until the response is written
     result.close()
-    _eventually(lambda: count(bot, TimelineEvent) == before + 1)
+    _eventually(lambda: [e.author_name for e in events(bot, "message")] == ["Lemun"])
 
 
 def test_held_jobs_start_anyway_when_the_response_is_never_written(monkeypatch: pytest.MonkeyPatch) -> None:

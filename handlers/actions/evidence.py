@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, App, BoltContext, Respond
 
 from bot import lifecycle
 from bot.context import Context
 from bot.evidence import service, view
 from bot.ports import MessengerError
+from handlers.guards import ACK_WRITTEN
+from handlers.replays import once
 from storage.models import Incident
 
 log = logging.getLogger(__name__)
@@ -18,13 +20,16 @@ log = logging.getLogger(__name__)
 
 def register(app: App, ctx: Context) -> None:
     @app.action(service.CONFIRM_RECOVERED)
-    def confirm_recovered(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+    @once(ctx)
+    def confirm_recovered(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:
         ack()
-        confirm(ctx, body, respond)
+        with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
+            confirm(ctx, body, respond)
 
 
-def _ephemeral(respond: Respond, text: str) -> None:
-    respond(response_type="ephemeral", replace_original=False, text=text)
+def _ephemeral(ctx: Context, respond: Respond, text: str) -> None:
+    # The response_url is Slack too: posted once the click's response is written, never before it.
+    ctx.jobs.submit(respond, response_type="ephemeral", replace_original=False, text=text)
 
 
 def confirm(ctx: Context, body: dict[str, Any], respond: Respond) -> None:
@@ -36,14 +41,14 @@ def confirm(ctx: Context, body: dict[str, Any], respond: Respond) -> None:
     user_id, user_name = str(user.get("id") or ""), user.get("name") or user.get("username")
     payload = service.stored_verify(ctx, parsed[0], parsed[1]) if parsed else None
     if parsed is None or payload is None:
-        _ephemeral(respond, ctx.say("evidence.confirm_invalid"))
+        _ephemeral(ctx, respond, ctx.say("evidence.confirm_invalid"))
         return
     incident_id, at = parsed
     result = lifecycle.set_milestone(ctx, incident_id, "recovered", at, user_id, user_name)
     if not result.ok:
         error = lifecycle.refusal(ctx, incident_id, result, usage="milestone")
         reason = ctx.say("incident.error", code=error.code, params=error.params)
-        _ephemeral(respond, f"{ctx.say('evidence.confirm_failed')}\n{reason}")
+        _ephemeral(ctx, respond, f"{ctx.say('evidence.confirm_failed')}\n{reason}")
         return
     with ctx.db.session() as session:
         recorded = session.get_one(Incident, incident_id).recovered_at

@@ -13,11 +13,13 @@ import logging
 import re
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 
 from bot import postmortem
 from bot.context import Context
 from bot.ports import MessengerError
+from handlers.guards import ACK_WRITTEN
+from handlers.replays import once
 from storage.models import ActionItem, Incident
 
 log = logging.getLogger(__name__)
@@ -103,12 +105,16 @@ def _refresh_checklist(ctx: Context, incident_id: int, channel: str, ts: str) ->
 
 def register(app: App, ctx: Context) -> None:
     @app.action(ACTION_RE)
-    def action_button(ack: Ack, body: dict[str, Any]) -> None:
+    @once(ctx)
+    def action_button(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
         # Stored before the ack: if the database fails, Slack shows the clicker an error instead of silence.
-        on_action_button(ctx, body)
+        with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
+            on_action_button(ctx, body)
         ack()
 
     @app.action(CHECKLIST_RE)
-    def checklist_box(ack: Ack, body: dict[str, Any]) -> None:
-        on_checklist(ctx, body)
+    @once(ctx)
+    def checklist_box(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
+        with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
+            on_checklist(ctx, body)
         ack()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 
 from bot import incidents, pm_parsing, postmortem
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
+from bot.sanitize import clean_text
+from handlers.guards import ACK_WRITTEN
+from handlers.replays import once
 from storage.models import Incident
 
 log = logging.getLogger(__name__)
@@ -26,7 +29,7 @@ def submitted_values(view: dict[str, Any]) -> dict[str, str]:
     for block_id, _, _ in postmortem.EDIT_FIELDS:
         entry = (values.get(block_id) or {}).get("value") or {}
         value = entry.get("value") if isinstance(entry, dict) else None
-        out[block_id] = value if isinstance(value, str) else ""
+        out[block_id] = clean_text(value) if isinstance(value, str) else ""
     return out
 
 
@@ -77,5 +80,7 @@ def _after_save(ctx: Context, incident_id: int, channel: str, user: str | None, 
 
 def register(app: App, ctx: Context) -> None:
     @app.view(postmortem.EDIT_CALLBACK)
-    def edit_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        on_submit(ctx, ack, body, view)
+    @once(ctx)
+    def edit_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext) -> None:
+        with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
+            on_submit(ctx, ack, body, view)
