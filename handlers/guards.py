@@ -14,10 +14,9 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import event
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bot.context import Context
-from bot.jobs import wait_for_ack
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +124,6 @@ class GuardedRequestHandler(SlackRequestHandler):
         return self.app.dispatch(bolt_request)
 
 
-def wait_until_acked(context: Any) -> None:
-    """For event listeners, which Bolt starts as it acks: let the response go out before the work begins."""
-    wait_for_ack(context.get(ACK_WRITTEN))
-
-
 class _SetWhenClosed:
     """The WSGI body: the server calls close() once it has written the response, and that sets the event."""
 
@@ -155,8 +149,8 @@ def register(app: App, ctx: Context) -> None:
         if team_id and body.get("type") != "url_verification" and request_team(body) != team_id:
             return BoltResponse(status=403, body="wrong workspace")
         if body.get("type") == "event_callback" and not health.up():
-            # Bolt acks an event before its listener runs, so with the database down the event would be
-            # lost. A 503 makes Slack deliver it again (it retries three times over about five minutes).
+            # Known down: refuse before any listener work. A 503 makes Slack deliver it again (three retries over
+            # about five minutes); a write that fails inside a listener answers 503 the same way.
             return BoltResponse(status=503, body={"error": "database unavailable"})
         return next()
 
@@ -164,8 +158,9 @@ def register(app: App, ctx: Context) -> None:
 
 
 class DatabaseHealth:
-    """Whether the database answers, without charging every event a round trip to ask: a good ping counts for
-    FRESH seconds, and any connection-level failure anywhere in the process ends that at once."""
+    """Whether the database takes writes, without charging every event a round trip to ask: a good write probe
+    counts for FRESH seconds, any connection-level failure anywhere in the process ends that at once, and a
+    SQLite file deleted or made read-only in between is seen by the per-event check_files() (no query)."""
 
     FRESH = 1.0
 
@@ -175,16 +170,20 @@ class DatabaseHealth:
         event.listen(ctx.db.engine, "handle_error", self._failed)
 
     def _failed(self, context: Any) -> None:
-        if context.is_disconnect or isinstance(context.original_exception, OperationalError) or isinstance(
-            context.sqlalchemy_exception, OperationalError | InterfaceError
-        ):
+        # Not only lost connections: a PostgreSQL gone read-only raises InternalError. A unique violation is
+        # routine (a redelivered event) and says nothing about health.
+        if not isinstance(context.sqlalchemy_exception, IntegrityError):
             self._good_until = 0.0
 
     def up(self) -> bool:
         if time.monotonic() < self._good_until:
-            return True
+            try:
+                self._db.check_files()
+                return True
+            except SQLAlchemyError:
+                self._good_until = 0.0
         try:
-            self._db.ping()
+            self._db.check_writable()
         except SQLAlchemyError:
             log.warning("database unavailable; refusing an event so that Slack delivers it again")
             return False

@@ -1,15 +1,20 @@
-"""Engine and session factory. SQLite gets WAL, foreign keys and write-locking transactions."""
+"""Engine and session factory. SQLite gets WAL, foreign keys and write-locking transactions, and notices its
+file being deleted, replaced or made read-only under the running process."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 # How long a SQLite writer waits for the lock. Under Slack's 3-second ack window, so a command facing a
@@ -21,12 +26,25 @@ READ_ONLY_OPTION = "incident_bot_read_only"
 # this higher threshold only bounds the WAL when nothing does (a CLI command, a test).
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000
 PG_CONNECT_TIMEOUT = 2
+# Changes nothing but needs write access: a read-only database (a read-only SQLite file, a PostgreSQL standby or
+# read-only transaction) refuses it. alembic_version exists wherever migrations ran; a file replaced by an empty
+# database fails here too.
+WRITE_PROBE = "UPDATE alembic_version SET version_num = version_num WHERE 1 = 0"
+# SQLite errors after which a connection is no use: the file went read-only or away. Its connection may have
+# opened the file read-only and would stay so after the file is writable again, so the pool is invalidated.
+SQLITE_OUTAGE_ERRORS = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+_FILE_IDENTITY = "incident_bot_file_identity"
+_OPENED_READ_ONLY = "incident_bot_opened_read_only"
 
 
 def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **kwargs)
-        _configure_sqlite(engine, busy_timeout)
+        path = engine.url.database or ""
+        file = SqliteFile(path) if path and path != ":memory:" and not path.startswith("file:") else None
+        _configure_sqlite(engine, busy_timeout, file)
+        if file is not None:
+            _watch_sqlite_file(engine, file)
         return engine
     # A database proxy that accepts and never answers would otherwise hang a request past Slack's ack window
     # (libpq waits forever by default); 2 s is libpq's smallest connect_timeout. A URL may set its own.
@@ -35,7 +53,7 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs
                          **kwargs)
 
 
-def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout: float, file: SqliteFile | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy issue BEGIN itself (below); pysqlite's implicit BEGIN would be DEFERRED.
@@ -59,9 +77,13 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
         if read_only:
             connection.exec_driver_sql("BEGIN")
             return
+        if file is not None and not file.writable():
+            # Connections opened before (or reusing a descriptor SQLite kept from them) would go on writing into
+            # the WAL of a read-only database file, which could never be checkpointed. One access() per write.
+            raise _file_outage("database file is read-only")
         if not gate.acquire(timeout=busy_timeout):
             raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
-        connection.info[_GATE_HELD] = gate
+        _gates_held[connection] = gate
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
@@ -72,9 +94,11 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
     event.listen(engine, "rollback", _open_gate)
 
 
-_GATE_HELD = "incident_bot_writer_gate"
 _gates: dict[str, threading.Lock] = {}
 _gates_lock = threading.Lock()
+# Which Connection holds a gate. Kept off connection.info: that belongs to the DB-API connection, which an
+# invalidated Connection no longer has by the time its rollback releases the gate.
+_gates_held: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 def _writer_gate(database: str) -> threading.Lock:
@@ -86,9 +110,99 @@ def _writer_gate(database: str) -> threading.Lock:
 
 
 def _open_gate(connection: Any) -> None:
-    gate = connection.info.pop(_GATE_HELD, None)
+    gate = _gates_held.pop(connection, None)
     if gate is not None:
         gate.release()
+
+
+class SqliteFile:
+    """The SQLite file as this process's connections opened it.
+
+    A file deleted or replaced under a running process keeps its open connections writing into the unlinked
+    inode, where every write is lost; and a connection opened while the file was read-only stays read-only
+    after the file is writable again. Both are seen here with stat() and access(), never a query.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.identity: tuple[int, int] | None = None  # (device, inode) at the latest connect
+
+    def current_identity(self) -> tuple[int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return status.st_dev, status.st_ino
+
+    def writable(self) -> bool:
+        """Whether SQLite could open the database and its WAL for writing, as it tries at connect. Asked with
+        access(), never open(): closing any descriptor of the file would drop this process's POSIX locks on
+        it, which SQLite's connections rely on."""
+        for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            if not os.access(name, os.W_OK) and (name == self.path or os.path.lexists(name)):
+                return False
+        return True
+
+    def check(self) -> None:
+        """Raises OperationalError when the file is gone, replaced since the latest connect, or read-only."""
+        identity = self.current_identity()
+        if identity is None:
+            raise _file_outage("database file is missing")
+        if identity != self.identity:
+            raise _file_outage("database file was replaced")
+        if not self.writable():
+            raise _file_outage("database file is read-only")
+
+    def connect_uri(self) -> str:
+        """Once the file exists, connect only to it: a deleted file must be an outage, not a new empty database."""
+        return f"{Path(self.path).as_uri()}?mode=rw"
+
+
+def _file_outage(reason: str) -> OperationalError:
+    return OperationalError(None, None, sqlite3.OperationalError(reason))
+
+
+_sqlite_files: weakref.WeakKeyDictionary[Engine, SqliteFile] = weakref.WeakKeyDictionary()
+
+
+def _watch_sqlite_file(engine: Engine, file: SqliteFile) -> None:
+    _sqlite_files[engine] = file
+
+    @event.listens_for(engine, "do_connect")
+    def _open_existing_only(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        # The first connect creates the file (the migrations at start); after that it must already exist.
+        if file.identity is not None:
+            cargs[:] = [file.connect_uri()]
+            cparams["uri"] = True
+
+    @event.listens_for(engine, "connect")
+    def _remember_file(_dbapi_connection: Any, record: Any) -> None:
+        file.identity = record.info[_FILE_IDENTITY] = file.current_identity()
+        record.info[_OPENED_READ_ONLY] = not file.writable()
+
+    @event.listens_for(engine, "checkout")
+    def _same_file(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # DisconnectionError makes the pool discard this connection and open a fresh one (SQLAlchemy's
+        # documented pessimistic disconnect handling).
+        if file.current_identity() != record.info.get(_FILE_IDENTITY):
+            raise DisconnectionError("the SQLite file was deleted or replaced since this connection opened it")
+        if record.info.get(_OPENED_READ_ONLY) and file.writable():
+            raise DisconnectionError("the SQLite file is writable again; this connection opened it read-only")
+
+    @event.listens_for(engine, "commit")
+    def _commit_into_the_same_file(connection: Any) -> None:
+        # A transaction that began before the file was deleted would commit into the unlinked inode: lost.
+        if file.current_identity() != connection.info.get(_FILE_IDENTITY):
+            raise _file_outage("database file was deleted or replaced during the transaction")
+
+    @event.listens_for(engine, "handle_error")
+    def _outage_invalidates_pool(context: ExceptionContext) -> None:
+        if getattr(context.original_exception, "sqlite_errorname", "").startswith(SQLITE_OUTAGE_ERRORS):
+            context.is_disconnect = True  # with invalidate_pool_on_disconnect (the default): the whole pool
+
+
+def sqlite_file(engine: Engine) -> SqliteFile | None:
+    return _sqlite_files.get(engine)
 
 
 class Database:
@@ -125,12 +239,44 @@ class Database:
         connection = self.engine.raw_connection()
         try:
             connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            connection.invalidate()  # raw DB-API errors skip handle_error; a read-only file fails every checkpoint
+            raise
         finally:
             connection.close()
 
-    def ping(self) -> None:
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+    def check_files(self) -> None:
+        """The cheap part of check_writable(), no query: on SQLite, whether the file is still the one the pool
+        opened and can be opened for writing. Nothing to check on PostgreSQL."""
+        file = sqlite_file(self.engine)
+        if file is not None:
+            file.check()
+
+    def check_writable(self) -> None:
+        """Raises SQLAlchemyError unless this process can write right now: a write that changes nothing, rolled
+        back, on a connection from the pool the requests use (a checkout also replaces connections to a file
+        that was deleted, replaced or read-only). SELECT 1 is not enough: it works on a read-only or deleted
+        SQLite file."""
+        try:
+            with self.engine.connect() as connection, connection.begin() as transaction:
+                connection.execute(text(WRITE_PROBE))
+                transaction.rollback()
+        except SQLAlchemyError as error:
+            try:
+                self.check_files()
+            except OperationalError as reason:
+                raise reason from error  # "database file is missing" says more than "unable to open database file"
+            raise
+        # After the probe, whose checkout reconnects to a file restored in place of the old one.
+        self.check_files()
+
+    def describe_outage(self, error: SQLAlchemyError) -> str:
+        """A short reason for /healthz. SQLite's messages name no host or user, so they are shown; other
+        drivers' may, so only the error's type is."""
+        original = getattr(error, "orig", None)
+        if self.dialect == "sqlite" and isinstance(original, sqlite3.Error):
+            return f"{type(error).__name__}: {original}"
+        return type(error).__name__
 
     def dispose(self) -> None:
         self.engine.dispose()
