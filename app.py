@@ -19,7 +19,7 @@ import handlers
 from bot import incidents
 from bot.clock import Clock, SystemClock
 from bot.context import Context, set_current
-from bot.jobs import BackgroundJobs, TrackingExecutor
+from bot.jobs import BackgroundJobs
 from bot.ports import Messenger
 from bot.render import Renderer
 from bot.settings import Settings, SettingsError, load_settings
@@ -84,7 +84,8 @@ def build_context(settings: Settings, *, clock: Clock | None = None, messenger: 
     if messenger is None:
         if not settings.slack_bot_token:
             raise SettingsError("SLACK_BOT_TOKEN is required but not set")
-        messenger = SlackMessenger(make_web_client(settings.slack_bot_token, settings.slack_api_url))
+        messenger = SlackMessenger(make_web_client(settings.slack_bot_token, settings.slack_api_url),
+                                   overflow_note=Renderer().say("limits.truncated", settings.locale))
     ctx = Context(
         settings=settings,
         db=db or Database(settings.database_url),
@@ -113,19 +114,22 @@ def _feature_installers() -> list[Callable[[Context], None]]:
     from bot.evidence import service as evidence
 
     installers.append(evidence.install)
+    from bot import access
+
+    installers.append(access.install)
     return installers
 
 
 def build_bolt_app(ctx: Context) -> App:
     messenger = ctx.messenger
     client = messenger.client if isinstance(messenger, SlackMessenger) else None
-    # Sized explicitly: listeners only parse, store and ack; slow Slack calls go to ctx.jobs instead.
-    listeners = TrackingExecutor(max_workers=ctx.settings.listener_threads, thread_name_prefix="bolt-listener")
-    ctx.jobs.watched.append(listeners)
+    # Each listener runs in the request's own thread and Bolt answers when it returns: an event is acked only
+    # once stored, and no listener can wait in a shared pool while Slack's 3 s pass. Listeners only parse,
+    # store and answer; every Slack call goes to ctx.jobs, which start once the response is written.
     app = App(
         client=client,
         signing_secret=ctx.settings.slack_signing_secret,
-        listener_executor=listeners,
+        process_before_response=True,
         token_verification_enabled=False,
     )
     handlers.register(app, ctx)
@@ -146,10 +150,10 @@ def make_wsgi(ctx: Context, bolt: App) -> Callable[..., Iterable[bytes]]:
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/healthz" and method == "GET":
             try:
-                ctx.db.ping()
+                ctx.db.check_writable()  # what the app needs is writes: SELECT 1 works on a read-only file
             except SQLAlchemyError as error:
                 return _json_response(start_response, "503 Service Unavailable",
-                                      {"status": "unavailable", "database": f"down: {type(error).__name__}"})
+                                      {"status": "unavailable", "database": f"down: {ctx.db.describe_outage(error)}"})
             return _json_response(start_response, "200 OK", {"status": "ok", "database": "ok"})
         if path == "/slack/events" and method == "POST":
             try:
@@ -208,7 +212,8 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
             self.cfg.set("bind", f"0.0.0.0:{settings.port}")
             # One process per instance: the scheduler and background jobs live beside the listeners.
             self.cfg.set("workers", 1)
-            self.cfg.set("worker_class", "gthread")
+            # Requests are read on an event loop under deadlines, so slow clients cannot hold the WSGI threads.
+            self.cfg.set("worker_class", "handlers.server.BufferedWSGIWorker")
             self.cfg.set("threads", max(8, settings.listener_threads))
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 20)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bot import durations, timeline
+from bot.access import Asker
 from bot.context import Context
 from bot.parsing import OpenRequest, UsageError
 from bot.ports import MessengerError
@@ -19,8 +24,8 @@ from storage.models import Incident, IncidentSequence, RoleAssignment
 
 log = logging.getLogger(__name__)
 
-ANNOUNCE_LEASE = timedelta(seconds=60)
-ANNOUNCE_RETRY_AFTER = timedelta(seconds=30)
+ANNOUNCE_RETRY_AFTER = timedelta(seconds=30)  # after Slack refused the post outright
+ANNOUNCEMENT_EVENT = "incident_announcement"  # the message metadata that marks an incident's announcement
 MILESTONES = ("deployed", "started", "detected", "rollback", "recovered", "resolved")
 
 
@@ -93,44 +98,111 @@ def render_announcement(ctx: Context, session: Session, incident: Incident) -> A
     return ctx.renderer.message("announcement", ctx.locale, **announcement_context(ctx, session, incident))
 
 
-def claim_announcement(ctx: Context, incident_id: int) -> bool:
-    """Takes the lease on posting; False when it is posted already or someone else is posting it."""
+def announcement_metadata(public_id: str) -> dict[str, Any]:
+    """Slack message metadata naming the incident: how a retry recognises an announcement that already landed."""
+    return {"event_type": ANNOUNCEMENT_EVENT, "event_payload": {"incident_id": public_id}}
+
+
+def announce_lease(ctx: Context) -> timedelta:
+    """Outlasts one attempt at its worst (the post and the search for it, each with all the client's retries),
+    so it follows the client's settings; the holder also renews it while Slack is being asked."""
+    return 2 * ctx.messenger.call_budget
+
+
+@dataclass(frozen=True)
+class Claim:
+    until: datetime
+    retried: bool  # an earlier claim may have posted it: look in the channel before posting
+
+
+def claim_announcement(ctx: Context, incident_id: int) -> Claim | None:
+    """Takes the lease on posting; None when it is posted already or someone else is posting it."""
     now = ctx.clock.now()
     with ctx.db.session() as session:
+        posted, held_until = session.execute(
+            select(Incident.announcement_ts, Incident.announce_claimed_until).where(Incident.id == incident_id)
+        ).one()
+        if posted is not None or (held_until is not None and held_until >= now):
+            return None
+        until = now + announce_lease(ctx)
+        # Compare-and-set on the lease we saw, so that we also learn whether anyone claimed it before us.
+        unchanged = (Incident.announce_claimed_until.is_(None) if held_until is None
+                     else Incident.announce_claimed_until == held_until)
         result = session.execute(
             update(Incident)
-            .where(
-                Incident.id == incident_id,
-                Incident.announcement_ts.is_(None),
-                or_(Incident.announce_claimed_until.is_(None), Incident.announce_claimed_until < now),
-            )
-            .values(announce_claimed_until=now + ANNOUNCE_LEASE)
+            .where(Incident.id == incident_id, Incident.announcement_ts.is_(None), unchanged)
+            .values(announce_claimed_until=until)
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return Claim(until, retried=held_until is not None)
+
+
+@contextmanager
+def _holding(ctx: Context, incident_id: int, claim: Claim) -> Iterator[None]:
+    """Renews the lease while Slack is being asked: however slow Slack is, no second poster gets in."""
+    lease = announce_lease(ctx)
+    stop = threading.Event()
+
+    def renew() -> None:
+        until = claim.until
+        while not stop.wait(lease.total_seconds() / 4):
+            renewed = ctx.clock.now() + lease
+            try:
+                with ctx.db.session() as session:
+                    result = session.execute(
+                        update(Incident)
+                        .where(Incident.id == incident_id, Incident.announcement_ts.is_(None),
+                               Incident.announce_claimed_until == until)
+                        .values(announce_claimed_until=renewed)
+                    )
+            except SQLAlchemyError:
+                log.warning("announcement lease renewal failed; trying again", exc_info=True)
+                continue
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                log.warning("announcement lease lost", extra={"json_fields": {"incident_id": incident_id}})
+                return
+            until = renewed
+
+    renewer = threading.Thread(target=renew, name=f"announce-lease-{incident_id}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
 
 
 def post_announcement(ctx: Context, incident_id: int) -> str | None:
-    """Posts the announcement once. Returns the thread ts, or None when another worker has the lease.
+    """Posts the announcement once. Returns its ts when this call put it on record; None when it is on record
+    already or another worker holds the lease.
 
-    Raises MessengerError when Slack refuses it after the client's retries; the incident stays stored and
-    the retry sweep posts it later.
+    Raises MessengerError when it could not be posted; with `outcome_unknown` set, Slack may have posted it all
+    the same. The incident stays stored and the retry sweep finishes the job, and whenever an earlier attempt
+    may have posted it, looks in the channel for it (by its metadata) before posting.
     """
-    if not claim_announcement(ctx, incident_id):
-        with ctx.db.read() as session:
-            return session.get_one(Incident, incident_id).announcement_ts
+    claim = claim_announcement(ctx, incident_id)
+    if claim is None:
+        return None
     # Rendering only reads: on SQLite a write session here would hold the write lock that opens wait for.
     with ctx.db.read() as session:
         incident = session.get_one(Incident, incident_id)
         message = render_announcement(ctx, session, incident)
-        channel = incident.channel_id
+        channel, metadata = incident.channel_id, announcement_metadata(incident.public_id)
+        since = incident.opened_at.timestamp()
     try:
-        ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks)
+        with _holding(ctx, incident_id, claim):
+            ts = ctx.messenger.find_posted(channel, metadata, since=since) if claim.retried else None
+            if ts is None:
+                ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, metadata=metadata)
     except MessengerError as error:
+        # A post that may still land is given the time Slack needs to finish it before anyone looks.
+        wait = ctx.messenger.call_budget if error.outcome_unknown else ANNOUNCE_RETRY_AFTER
         with ctx.db.session() as session:
             session.execute(
                 update(Incident)
-                .where(Incident.id == incident_id)
-                .values(announcement_error=str(error), announce_claimed_until=ctx.clock.now() + ANNOUNCE_RETRY_AFTER)
+                .where(Incident.id == incident_id, Incident.announcement_ts.is_(None))
+                .values(announcement_error=str(error), announce_claimed_until=ctx.clock.now() + wait)
             )
         raise
     with ctx.db.session() as session:
@@ -143,7 +215,8 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
 
 
 def retry_pending_announcements(ctx: Context) -> int:
-    """The sweep behind "a later retry completes the post": announcements that failed or were interrupted."""
+    """The sweep behind "a later retry completes the post": announcements that failed, were interrupted or
+    whose outcome is unknown."""
     now = ctx.clock.now()
     with ctx.db.read() as session:
         pending = session.scalars(
@@ -191,15 +264,19 @@ def find_by_thread(session: Session, channel: str, thread_ts: str) -> Incident |
     ).first()
 
 
-def resolve_target(session: Session, channel: str, public_id: str | None) -> Incident:
+def resolve_target(session: Session, asker: Asker, public_id: str | None) -> Incident:
     """The named incident, or the channel's single active one, or else its latest. Raises UsageError otherwise.
 
-    Callers whose command only makes sense while the incident is open check `incident.is_open` themselves.
+    A named incident of another channel is the asker's only if they are a member there (bot.access): UsageError
+    when they are not, AccessPending when Slack must be asked first. Callers whose command only makes sense while
+    the incident is open check `incident.is_open` themselves.
     """
+    channel = asker.channel_id
     if public_id:
         incident = find_by_public_id(session, public_id)
         if incident is None:
             raise UsageError("unknown_incident", "", incident_id=public_id)
+        asker.require_access(incident)
         return incident
     query = select(Incident).where(Incident.channel_id == channel, Incident.status.not_in(("resolved", "cancelled")))
     candidates = session.scalars(query.order_by(Incident.opened_at.desc()).limit(20)).all()

@@ -30,11 +30,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bot import durations, incidents, timeline
+from bot.access import Asker
 from bot.context import Context
 from bot.durations import OrderConflict
 from bot.parsing import CLOSED_STATUSES, UsageError
 from bot.ports import MessengerError
-from bot.render import RenderedMessage
+from bot.render import RenderedMessage, most_that_fits
 from storage.models import Incident, RoleAssignment, TimelineEvent
 
 log = logging.getLogger(__name__)
@@ -536,34 +537,48 @@ def _important(row: Any) -> bool:
     return bool(row.highlighted) or row.kind in ("pin", "system", "milestone")
 
 
-def timeline_view(ctx: Context, incident_id: int) -> RenderedMessage:
-    """The readable timeline, capped for Slack: every highlighted and system event, then the latest others."""
+def timeline_view(
+    ctx: Context, incident_id: int, fits: Callable[[RenderedMessage], bool] = lambda message: True
+) -> RenderedMessage:
+    """The readable timeline, capped for chat: every highlighted and system event, then the latest others, as
+    many as `fits` allows (the platform's size limits, measured on the rendered text) up to TIMELINE_LIMIT."""
     with ctx.db.session() as session:
         incident = session.get_one(Incident, incident_id)
-        rows = list(session.execute(timeline.timeline_rows_query(incident_id)).all())
-        omitted = 0
-        if len(rows) > TIMELINE_LIMIT:
-            important = [r for r in rows if _important(r)][-TIMELINE_LIMIT:]
-            room = TIMELINE_LIMIT - len(important)
-            others = [r for r in rows if not _important(r)][-room:] if room > 0 else []
-            kept = {r.id for r in important} | {r.id for r in others}
-            omitted = len(rows) - len(kept)
-            rows = [r for r in rows if r.id in kept]
+        every = list(session.execute(timeline.timeline_rows_query(incident_id)).all())
         fmt = ctx.formatter()
-        times = [r.occurred_at for r in rows] + list(incidents.milestone_times(incident).values())
-        return ctx.renderer.message(
-            "timeline", ctx.locale, incident=incident, events=rows, omitted=omitted, fmt=fmt,
-            durations=durations.compute(incident), milestones=incidents.milestone_times(incident),
-            spans_days=fmt.spans_days([*times, incident.opened_at, ctx.clock.now()]), text_limit=TEXT_LIMIT,
+        milestones = incidents.milestone_times(incident)
+        spans_days = fmt.spans_days(
+            [*(r.occurred_at for r in every), *milestones.values(), incident.opened_at, ctx.clock.now()]
         )
 
+        def render(limit: int) -> RenderedMessage:
+            rows = every
+            if len(rows) > limit:
+                important = [r for r in rows if _important(r)][-limit:] if limit else []
+                room = limit - len(important)
+                others = [r for r in rows if not _important(r)][-room:] if room > 0 else []
+                kept = {r.id for r in important} | {r.id for r in others}
+                rows = [r for r in rows if r.id in kept]
+            return ctx.renderer.message(
+                "timeline", ctx.locale, incident=incident, events=rows, omitted=len(every) - len(rows), fmt=fmt,
+                durations=durations.compute(incident), milestones=milestones, spans_days=spans_days,
+                text_limit=TEXT_LIMIT,
+            )
 
-def list_view(ctx: Context, channel: str) -> str:
-    """Open incidents: this channel's first, then the rest of the workspace, each with status, severity and age."""
+        return most_that_fits(render, TIMELINE_LIMIT, fits)
+
+
+def list_view(ctx: Context, asker: Asker) -> str:
+    """Open incidents the asker may see (bot.access): this channel's first, then those of public channels and of
+    the asker's other channels, each with status, severity and age. Raises AccessPending when Slack must be asked."""
     now = ctx.clock.now()
+    channel = asker.channel_id
+    is_open = Incident.status.not_in(CLOSED_STATUSES)
     with ctx.db.session() as session:
+        channels = session.scalars(select(Incident.channel_id).where(is_open).distinct())
+        visible = asker.visible_channels(session, channels)
         rows = session.scalars(
-            select(Incident).where(Incident.status.not_in(CLOSED_STATUSES)).order_by(Incident.opened_at.desc())
+            select(Incident).where(is_open, Incident.channel_id.in_(visible)).order_by(Incident.opened_at.desc())
             .limit(LIST_LIMIT + 1)
         ).all()
         here = [i for i in rows[:LIST_LIMIT] if i.channel_id == channel]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 
 class MessengerError(RuntimeError):
     """A chat API call failed after the client's own retries. `kind` is short and shown to users."""
 
-    def __init__(self, kind: str, detail: str = "") -> None:
+    def __init__(self, kind: str, detail: str = "", *, outcome_unknown: bool = False) -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
         self.detail = detail
+        # Slack may have carried the call out all the same (timeout, dropped connection, 5xx): look before redoing it.
+        self.outcome_unknown = outcome_unknown
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,22 @@ class ChatMessage:
 class Messenger(Protocol):
     bot_user_id: str
 
+    @property
+    def call_budget(self) -> timedelta:
+        """The longest one call may take, with the client's timeout and retries (a rate limit's wait aside)."""
+        ...
+
     def post_message(
-        self, channel: str, text: str, *, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
+        self, channel: str, text: str, *, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> str: ...
+
+    def find_posted(
+        self, channel: str, metadata: dict[str, Any], *, since: float, thread_ts: str | None = None
+    ) -> str | None:
+        """The ts of the bot's message carrying `metadata` (top-level, or in `thread_ts`'s thread), posted since
+        `since` (epoch seconds). Raises MessengerError when Slack can't be asked."""
+        ...
 
     def update_message(
         self, channel: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None = None
@@ -53,3 +69,11 @@ class Messenger(Protocol):
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None: ...
 
     def open_view(self, trigger_id: str, view: dict[str, Any]) -> str: ...
+
+    def member_channels(self, user_id: str) -> set[str]:
+        """The public and private channels `user_id` is a member of (private ones only where the bot is too)."""
+        ...
+
+    def is_private_channel(self, channel: str) -> bool:
+        """Whether `channel` is private; a channel the bot cannot see counts as private."""
+        ...

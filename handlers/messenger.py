@@ -1,5 +1,6 @@
 """The domain's Messenger port on slack_sdk's WebClient, whose retry handlers cover 429, 5xx and dropped
-connections before anything reaches the domain as a MessengerError."""
+connections before anything reaches the domain as a MessengerError. A post is never sent again blind: after a
+failure Slack may have carried out, the channel is searched for it first."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
+from urllib.error import URLError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -16,42 +19,86 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 
 from bot.ports import ChatMessage, MessengerError
+from bot.render import clip_slack
+from handlers.slack_limits import MESSAGE_TEXT, fit_message
 
 log = logging.getLogger(__name__)
 
-# Failures after which Slack may or may not have carried the call out.
-_UNCERTAIN = ("timeout", "connection_error")
 _CLOCK_SKEW = 2.0  # seconds of slack between our clock and Slack's when looking for a post that landed
+_LANDED_PAGES = 10  # history pages of 200 searched for a post that may have landed; past them we can't tell
+# Methods whose blind re-send can do the thing twice; post_message looks in the channel before sending again.
+_NOT_IDEMPOTENT = ("chat.postMessage",)
+# The default retry interval calculator: backoff_factor * 2**attempt, plus a random jitter of up to 1 s.
+_BACKOFF_FACTOR, _JITTER = 0.5, 1.0
+
+
+def _not_idempotent(request: HttpRequest) -> bool:
+    return request.url.rstrip("/").rsplit("/", 1)[-1] in _NOT_IDEMPOTENT
+
+
+class _UnsentConnectionErrorRetryHandler(ConnectionErrorRetryHandler):
+    """For a post, retries only a connection that failed while sending (urllib's URLError): Slack never had the
+    request. A connection dropped after it was sent (RemoteDisconnected, reset) may have posted it."""
+
+    def _can_retry(self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+                   error: Exception | None = None) -> bool:
+        if _not_idempotent(request) and not isinstance(error, URLError):
+            return False
+        return super()._can_retry(state=state, request=request, response=response, error=error)
+
+
+class _IdempotentServerErrorRetryHandler(ServerErrorRetryHandler):
+    """A 5xx may come after Slack posted the message; post_message checks the channel instead."""
+
+    def _can_retry(self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+                   error: Exception | None = None) -> bool:
+        if _not_idempotent(request):
+            return False
+        return super()._can_retry(state=state, request=request, response=response, error=error)
 
 
 def make_web_client(token: str, base_url: str, *, timeout: int = 10, retries: int = 2) -> WebClient:
+    # slack_sdk never retries a read timeout itself (urllib raises TimeoutError, which no handler here takes).
     return WebClient(
         token=token,
         base_url=base_url,
         timeout=timeout,
         retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=retries),
+            _UnsentConnectionErrorRetryHandler(max_retry_count=retries),
             RateLimitErrorRetryHandler(max_retry_count=retries),
-            ServerErrorRetryHandler(max_retry_count=retries),
+            _IdempotentServerErrorRetryHandler(max_retry_count=retries),
         ],
     )
+
+
+def _carries(message: dict[str, Any], metadata: dict[str, Any]) -> bool:
+    found = message.get("metadata") or {}
+    return bool(found.get("event_type") == metadata.get("event_type")
+                and found.get("event_payload") == metadata.get("event_payload"))
 
 
 def _failure(error: Exception) -> MessengerError:
     if isinstance(error, SlackApiError):
         code = error.response.get("error") if error.response is not None else None
         status = error.response.status_code if error.response is not None else None
-        return MessengerError(str(code or f"http_{status}"), f"HTTP {status}")
+        return MessengerError(str(code or f"http_{status}"), f"HTTP {status}",
+                              outcome_unknown=status is not None and status >= 500)
     if isinstance(error, TimeoutError | OSError):
-        return MessengerError("timeout" if isinstance(error, TimeoutError) else "connection_error", str(error))
+        return MessengerError("timeout" if isinstance(error, TimeoutError) else "connection_error", str(error),
+                              outcome_unknown=True)
     return MessengerError("slack_error", str(error))
 
 
 class SlackMessenger:
-    def __init__(self, client: WebClient) -> None:
+    def __init__(self, client: WebClient, *, overflow_note: str = "…") -> None:
         self.client = client
+        # Ends a message cut to Slack's limits: "…" and, localised, where the full text is.
+        self.overflow_note = overflow_note
         self._names: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._bot_user_id: str | None = None
@@ -62,6 +109,16 @@ class SlackMessenger:
             self._bot_user_id = str(self._call("auth_test")["user_id"])
         return self._bot_user_id
 
+    @property
+    def retries(self) -> int:
+        return max((getattr(h, "max_retry_count", 0) for h in self.client.retry_handlers), default=0)
+
+    @property
+    def call_budget(self) -> timedelta:
+        """The longest one call may take: every attempt timing out, with the backoff between them."""
+        backoff = sum(_BACKOFF_FACTOR * 2**attempt + _JITTER for attempt in range(self.retries))
+        return timedelta(seconds=(self.retries + 1) * (self.client.timeout or 0) + backoff)
+
     def _call(self, method: str, **kwargs: Any) -> Any:
         try:
             return getattr(self.client, method)(**kwargs)
@@ -71,58 +128,112 @@ class SlackMessenger:
             raise failure from error
 
     def post_message(
-        self, channel: str, text: str, *, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
+        self, channel: str, text: str, *, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> str:
-        started = time.time()
-        try:
-            response = self._call(
+        text, blocks = fit_message(text, blocks, note=self.overflow_note)
+
+        def send() -> Any:
+            return self._call(
                 "chat_postMessage", channel=channel, text=text, blocks=blocks, thread_ts=thread_ts,
-                unfurl_links=False, unfurl_media=False,
+                metadata=metadata, unfurl_links=False, unfurl_media=False,
             )
-        except MessengerError as error:
-            landed = self._landed(error, channel, thread_ts, started,
-                                  lambda m: (m.get("text") or "").strip() == text.strip())
-            if landed is None:
-                raise
-            return str(landed["ts"])
-        return str(response["ts"])
+
+        def ours(message: dict[str, Any]) -> bool:
+            if metadata is not None:
+                return _carries(message, metadata)
+            return (message.get("text") or "").strip() == text.strip()
+
+        return self._post_once(send, channel, thread_ts, ours)
+
+    def _post_once(self, send: Callable[[], Any], channel: str, thread_ts: str | None,
+                   ours: Callable[[dict[str, Any]], bool]) -> str:
+        """Sends again only when Slack answered or hung up and the post is not in the channel. After a timeout
+        Slack may still be carrying it out, so the error goes up with its outcome unknown."""
+        started = time.time()
+        for attempt in range(self.retries + 1):
+            try:
+                return str(send()["ts"])
+            except MessengerError as error:
+                if not error.outcome_unknown:
+                    raise
+                try:
+                    landed = self._find_landed(channel, thread_ts, started, ours)
+                except MessengerError:
+                    raise error from error.__cause__  # can't tell: never send again blind
+                if landed is not None:
+                    log.warning("slack call failed (%s) but its message was posted; keeping that one", error.kind)
+                    return str(landed["ts"])
+                if error.kind == "timeout":
+                    raise
+                if attempt == self.retries:
+                    error.outcome_unknown = False  # Slack answered, and the post is not there
+                    raise
+        raise AssertionError("unreachable")
+
+    def find_posted(
+        self, channel: str, metadata: dict[str, Any], *, since: float, thread_ts: str | None = None
+    ) -> str | None:
+        found = self._find_landed(channel, thread_ts, since, lambda message: _carries(message, metadata))
+        return None if found is None else str(found["ts"])
+
+    def _find_landed(self, channel: str, thread_ts: str | None, started: float,
+                     match: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """The bot's message posted since `started` that `match`es, or None. Raises MessengerError when
+        Slack can't be asked (or the window is too long to search), since then nobody can tell."""
+        oldest = f"{started - _CLOCK_SKEW:.6f}"
+        cursor: str | None = None
+        for _ in range(_LANDED_PAGES):
+            if thread_ts:
+                page = self._call("conversations_replies", channel=channel, ts=thread_ts, oldest=oldest, limit=200,
+                                  cursor=cursor, include_all_metadata=True)
+            else:
+                page = self._call("conversations_history", channel=channel, oldest=oldest, limit=200,
+                                  cursor=cursor, include_all_metadata=True)
+            me = self.bot_user_id
+            for message in page.get("messages", []):
+                if (message.get("user") == me and float(message.get("ts", 0)) >= started - _CLOCK_SKEW
+                        and match(message)):
+                    return dict(message)
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        raise MessengerError("history_too_long", f"more than {_LANDED_PAGES} pages since {oldest}",
+                             outcome_unknown=True)
 
     def _landed(
         self, error: MessengerError, channel: str, thread_ts: str | None, started: float,
         match: Callable[[dict[str, Any]], bool],
     ) -> dict[str, Any] | None:
-        """A timed-out or dropped post may have been carried out by Slack all the same. Look for it, so that
+        """A timed-out or dropped call may have been carried out by Slack all the same. Look for it, so that
         the caller does not report a failure and a retry does not post it a second time."""
-        if error.kind not in _UNCERTAIN:
+        if not error.outcome_unknown:
             return None
-        oldest = f"{started - _CLOCK_SKEW:.6f}"
         try:
-            if thread_ts:
-                found = self._call("conversations_replies", channel=channel, ts=thread_ts, oldest=oldest, limit=200)
-            else:
-                found = self._call("conversations_history", channel=channel, oldest=oldest, limit=200)
-            me = self.bot_user_id
+            landed = self._find_landed(channel, thread_ts, started, match)
         except MessengerError:
             return None  # can't tell; the caller treats it as failed
-        for message in found.get("messages", []):
-            if message.get("user") == me and float(message.get("ts", 0)) >= started - _CLOCK_SKEW and match(message):
-                log.warning("slack call failed (%s) but its message was posted; keeping that one", error.kind)
-                return dict(message)
-        return None
+        if landed is not None:
+            log.warning("slack call failed (%s) but its message was posted; keeping that one", error.kind)
+        return landed
 
     def update_message(self, channel: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None = None) -> None:
+        text, blocks = fit_message(text, blocks, note=self.overflow_note)
         self._call("chat_update", channel=channel, ts=ts, text=text, blocks=blocks)
 
     def post_ephemeral(
         self, channel: str, user: str, text: str, *, blocks: list[dict[str, Any]] | None = None,
         thread_ts: str | None = None,
     ) -> None:
+        text, blocks = fit_message(text, blocks, note=self.overflow_note)
         self._call("chat_postEphemeral", channel=channel, user=user, text=text, blocks=blocks, thread_ts=thread_ts)
 
     def upload_file(
         self, channel: str, thread_ts: str | None, filename: str, content: bytes, *, title: str,
         initial_comment: str | None = None,
     ) -> str:
+        if initial_comment:  # posted as a message of its own, with the message's limit
+            initial_comment = clip_slack(initial_comment, MESSAGE_TEXT, tail=self.overflow_note)
         started = time.time()
         try:
             response = self._call(
@@ -181,3 +292,28 @@ class SlackMessenger:
             channel=channel, ts=ts, user=m.get("user"), text=m.get("text", ""), thread_ts=m.get("thread_ts"),
             bot_id=m.get("bot_id"),
         )
+
+    def member_channels(self, user_id: str) -> set[str]:
+        """users.conversations for `user_id`, every page. With a bot token Slack lists a private channel only when
+        the bot is in it too, which every incident channel is."""
+        channels: set[str] = set()
+        try:
+            first = self.client.users_conversations(user=user_id, types="public_channel,private_channel", limit=999)
+            for page in first:  # slack_sdk follows response_metadata.next_cursor
+                channels.update(str(c["id"]) for c in page.get("channels") or [])
+        except (SlackApiError, SlackClientError, TimeoutError, OSError) as error:
+            failure = _failure(error)
+            log.warning("slack call users_conversations failed: %s", failure.kind)
+            raise failure from error
+        return channels
+
+    def is_private_channel(self, channel: str) -> bool:
+        """conversations.info's is_private. Slack answers channel_not_found for a private channel the bot is not
+        in, so that counts as private."""
+        try:
+            info = self._call("conversations_info", channel=channel)["channel"]
+        except MessengerError as error:
+            if error.kind == "channel_not_found":
+                return True
+            raise
+        return bool(info.get("is_private"))

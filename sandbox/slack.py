@@ -48,6 +48,11 @@ DEFAULT_CHANNELS: dict[str, str] = {"C0INCIDENTS": "critical-incidents"}
 # Limits Slack enforces that a bot can realistically trip over.
 MAX_BLOCKS = 50
 MAX_TEXT = 40_000
+BLOCK_LIMITS = {
+    "section_text": 3000, "section_fields": 10, "section_field_text": 2000, "header_text": 150,
+    "context_elements": 10, "actions_elements": 25, "button_text": 75, "option_text": 75, "options": 100,
+    "placeholder": 150,
+}
 RESPONSE_URL_MAX_USES = 5
 MAX_PAGE = 999
 
@@ -77,7 +82,7 @@ class SlackSandboxError(Exception):
 
 @dataclass
 class _Fault:
-    kind: str  # "fail" | "ratelimit" | "slow" | "disconnect"
+    kind: str  # "fail" | "ratelimit" | "slow" | "disconnect" | "lose"
     times: int
     status: int = 500
     error: str | None = None
@@ -102,6 +107,10 @@ class _Reply:
     delay: float = 0.0
     drop: bool = False
     after: Callable[[], None] | None = None
+
+
+# Marks a call that takes effect and whose response is then dropped (lose_response).
+_LOSE = _Reply(0, drop=True)
 
 
 def _json_reply(status: int, payload: JSONDict, **kw: Any) -> _Reply:
@@ -175,7 +184,48 @@ def _blocks_param(p: JSONDict) -> list[JSONDict] | None:
     ok = isinstance(blocks, list) and len(blocks) <= MAX_BLOCKS
     if not ok or not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in blocks):
         raise SlackSandboxError("invalid_blocks")
+    if not all(_block_within_limits(b) for b in blocks):
+        raise SlackSandboxError("invalid_blocks")
     return cast(list[JSONDict], blocks)
+
+
+def _text_len(obj: Any) -> int:
+    return len(obj.get("text") or "") if isinstance(obj, dict) else 0
+
+
+def _element_within_limits(element: Any) -> bool:
+    if not isinstance(element, dict):
+        return False
+    if element.get("type") == "button" and _text_len(element.get("text")) > BLOCK_LIMITS["button_text"]:
+        return False
+    if _text_len(element.get("placeholder")) > BLOCK_LIMITS["placeholder"]:
+        return False
+    options = element.get("options") or []
+    return len(options) <= BLOCK_LIMITS["options"] and all(
+        _text_len(o.get("text")) <= BLOCK_LIMITS["option_text"] for o in options if isinstance(o, dict)
+    )
+
+
+def _block_within_limits(block: JSONDict) -> bool:
+    """Slack's documented Block Kit limits (docs.slack.dev, Block Kit reference), which it answers with
+    invalid_blocks; so an over-limit message fails loudly in every test."""
+    kind = block.get("type")
+    if kind == "section":
+        fields = block.get("fields") or []
+        return (
+            _text_len(block.get("text")) <= BLOCK_LIMITS["section_text"]
+            and len(fields) <= BLOCK_LIMITS["section_fields"]
+            and all(_text_len(f) <= BLOCK_LIMITS["section_field_text"] for f in fields)
+            and ("accessory" not in block or _element_within_limits(block["accessory"]))
+        )
+    if kind == "header":
+        return _text_len(block.get("text")) <= BLOCK_LIMITS["header_text"]
+    if kind == "context":
+        return len(block.get("elements") or []) <= BLOCK_LIMITS["context_elements"]
+    if kind == "actions":
+        elements = block.get("elements") or []
+        return len(elements) <= BLOCK_LIMITS["actions_elements"] and all(_element_within_limits(e) for e in elements)
+    return True
 
 
 def _attachments_param(p: JSONDict) -> list[JSONDict] | None:
@@ -185,6 +235,14 @@ def _attachments_param(p: JSONDict) -> list[JSONDict] | None:
     if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
         raise SlackSandboxError("invalid_attachments")
     return cast(list[JSONDict], attachments)
+
+
+def _without_metadata(messages: list[JSONDict], p: JSONDict) -> list[JSONDict]:
+    """conversations.history/replies return message metadata only when asked with include_all_metadata."""
+    if not _flag(p.get("include_all_metadata")):
+        for message in messages:
+            message.pop("metadata", None)
+    return messages
 
 
 def _encode_cursor(ts: str) -> str:
@@ -373,6 +431,9 @@ class SlackSandbox:
         self._lock = threading.RLock()
         self._users: dict[str, JSONDict] = {}
         self._channels: dict[str, str] = dict(DEFAULT_CHANNELS if channels is None else channels)
+        # Channels with a member list of their own (add_channel); any other has every user of the workspace in it.
+        self._members: dict[str, set[str]] = {}
+        self._private: set[str] = set()
         self._messages: dict[str, dict[str, JSONDict]] = {}
         self._edits: dict[tuple[str, str], list[JSONDict]] = {}
         self._ephemerals: list[JSONDict] = []
@@ -410,6 +471,8 @@ class SlackSandbox:
             "conversations.history": self._conversations_history,
             "conversations.replies": self._conversations_replies,
             "conversations.info": self._conversations_info,
+            "conversations.members": self._conversations_members,
+            "users.conversations": self._users_conversations,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
             "files.upload": self._files_upload_v1,
@@ -536,6 +599,60 @@ class SlackSandbox:
     def channel_name(self, channel: str) -> str:
         with self._lock:
             return self._channels.get(channel, channel.lower())
+
+    def add_channel(
+        self, channel: str, name: str, *, private: bool = False, members: list[str] | None = None,
+        bot_member: bool = True,
+    ) -> None:
+        """Add a channel with its own member list (the bot joins it unless `bot_member` is False). A public
+        channel without `members` has everyone in it; a private one only the bot."""
+        with self._lock:
+            self._channels[channel] = name
+            if private:
+                self._private.add(channel)
+            else:
+                self._private.discard(channel)
+            if members is None and not private:
+                self._members.pop(channel, None)
+                return
+            self._members[channel] = set(members or ())
+            if bot_member:
+                self._members[channel].add(self.bot_user_id)
+
+    def add_member(self, channel: str, user: str) -> None:
+        with self._lock:
+            self._members.setdefault(channel, set(self._users)).add(user)
+
+    def remove_member(self, channel: str, user: str) -> None:
+        with self._lock:
+            self._members.setdefault(channel, set(self._users)).discard(user)
+
+    def is_member(self, channel: str, user: str) -> bool:
+        with self._lock:
+            members = self._members.get(channel)
+            return user in self._users if members is None else user in members
+
+    def _known(self, channel: str) -> bool:
+        return channel in self._channels or channel in self._messages
+
+    def _is_private(self, channel: str) -> bool:
+        return channel in self._private or channel_type(channel) != "channel"
+
+    def _visible_to_bot(self, channel: str) -> bool:
+        """Slack hides a private channel from a bot token unless the bot is in it (channel_not_found)."""
+        return not self._is_private(channel) or self.is_member(channel, self.bot_user_id)
+
+    def _conversation(self, channel: str) -> JSONDict:
+        return {
+            "id": channel,
+            "name": self._channels.get(channel, channel.lower()),
+            "is_channel": channel_type(channel) == "channel",
+            "is_group": channel_type(channel) == "group",
+            "is_im": channel_type(channel) == "im",
+            "is_private": self._is_private(channel),
+            "is_archived": False,
+            "context_team_id": self.team_id,
+        }
 
     # ------------------------------------------------------------------ timestamps / storage
 
@@ -828,6 +945,14 @@ class SlackSandbox:
             return _text_reply(400, "invalid_payload")
         if not isinstance(payload, dict):
             return _text_reply(400, "invalid_payload")
+        # A response_url message has a message's limits; Slack refuses it rather than post a broken one.
+        if len(str(payload.get("text") or "")) > MAX_TEXT:
+            return _text_reply(400, "msg_too_long")
+        if payload.get("blocks") is not None:
+            try:
+                _blocks_param({"blocks": payload["blocks"]})
+            except SlackSandboxError as error:
+                return _text_reply(400, error.error)
         with self._lock:
             target = self._response_urls.get(rid)
             if target is None:
@@ -892,6 +1017,11 @@ class SlackSandbox:
         """Close the connection without answering (for ConnectionErrorRetryHandler)."""
         self._add_fault(method, _Fault("disconnect", times))
 
+    def lose_response(self, method: str, times: int = 1) -> None:
+        """Carry out the next `times` calls of Web API `method`, then close the connection instead of answering (a
+        response lost on the way back: the client sees RemoteDisconnected although Slack acted)."""
+        self._add_fault(method, _Fault("lose", times))
+
     def set_latency(self, method: str, seconds: float) -> None:
         """Delay every response of `method` ("*" = all methods) until reset_faults()."""
         with self._lock:
@@ -933,6 +1063,8 @@ class SlackSandbox:
             return None, delay
         if fault.kind == "slow":
             return None, delay + fault.seconds
+        if fault.kind == "lose":
+            return _LOSE, delay
         if fault.kind == "disconnect":
             self._record(method, args, 0, None, at)
             return _Reply(0, drop=True, delay=delay), 0.0
@@ -992,7 +1124,7 @@ class SlackSandbox:
             token = authorization[len("bearer "):].strip()
 
         injected, delay = self._injected(method, params, at)
-        if injected is not None:
+        if injected is not None and injected is not _LOSE:
             return injected
 
         after: Callable[[], None] | None = None
@@ -1013,6 +1145,8 @@ class SlackSandbox:
             if method == "chat.postMessage" and response.get("ok"):
                 after = self._echo_after(response["channel"], response["message"])
         self._record(method, params, 200, response, at)
+        if injected is _LOSE:
+            return _Reply(0, drop=True, delay=delay, after=after)
         return _json_reply(200, response, delay=delay, after=after)
 
     def _upload(self, file_id: str, body: bytes, content_type: str) -> _Reply:
@@ -1125,6 +1259,8 @@ class SlackSandbox:
         attachments = _attachments_param(p)
         if not text and blocks is None and attachments is None:
             raise SlackSandboxError("no_text")
+        if text is not None and len(text) > MAX_TEXT:
+            raise SlackSandboxError("msg_too_long")
         with self._lock:
             if user not in self._users:
                 raise SlackSandboxError("user_not_found")
@@ -1212,7 +1348,7 @@ class SlackSandbox:
                 and self._in_window(m["ts"], oldest, latest, inclusive)
                 and (cursor is None or _ts_us(m["ts"]) < cursor)
             ]
-            page = copy.deepcopy(found[:limit])
+            page = _without_metadata(copy.deepcopy(found[:limit]), p)
         has_more = len(found) > limit
         return {
             "ok": True,
@@ -1242,7 +1378,7 @@ class SlackSandbox:
                 and (cursor is None or _ts_us(m["ts"]) > cursor)
             ]
             # Slack always leads with the parent, whatever the window; limit counts the replies.
-            page = copy.deepcopy([parent, *replies[:limit]])
+            page = _without_metadata(copy.deepcopy([parent, *replies[:limit]]), p)
         has_more = len(replies) > limit
         return {
             "ok": True,
@@ -1254,23 +1390,56 @@ class SlackSandbox:
     def _conversations_info(self, p: JSONDict) -> JSONDict:
         channel = self._channel_id(_required(p, "channel", "channel_not_found"))
         with self._lock:
-            if channel not in self._channels and channel not in self._messages:
+            if not self._known(channel) or not self._visible_to_bot(channel):
                 raise SlackSandboxError("channel_not_found")
-            name = self._channels.get(channel, channel.lower())
-        return {
-            "ok": True,
-            "channel": {
-                "id": channel,
-                "name": name,
-                "is_channel": channel_type(channel) == "channel",
-                "is_group": channel_type(channel) == "group",
-                "is_im": channel_type(channel) == "im",
-                "is_private": channel_type(channel) != "channel",
-                "is_archived": False,
-                "is_member": True,
-                "context_team_id": self.team_id,
-            },
-        }
+            conversation = self._conversation(channel)
+            conversation["is_member"] = self.is_member(channel, self.bot_user_id)
+        return {"ok": True, "channel": conversation}
+
+    @staticmethod
+    def _page(items: list[Any], p: JSONDict) -> tuple[list[Any], str]:
+        """One page of `items` and the next cursor ("" at the end), as Slack's cursor pagination gives them."""
+        limit = _int_param(p, "limit", 100)
+        if not 1 <= limit <= MAX_PAGE:
+            raise SlackSandboxError("invalid_limit")
+        start = 0
+        if p.get("cursor"):
+            try:
+                prefix, _, offset = base64.b64decode(str(p["cursor"]), validate=True).decode().partition(":")
+                start = int(offset)
+                if prefix != "next_offset" or start < 0:
+                    raise ValueError(prefix)
+            except ValueError as exc:
+                raise SlackSandboxError("invalid_cursor") from exc
+        end = start + limit
+        cursor = base64.b64encode(f"next_offset:{end}".encode()).decode() if end < len(items) else ""
+        return items[start:end], cursor
+
+    def _conversations_members(self, p: JSONDict) -> JSONDict:
+        channel = self._channel_id(_required(p, "channel", "channel_not_found"))
+        with self._lock:
+            if not self._known(channel) or not self._visible_to_bot(channel):
+                raise SlackSandboxError("channel_not_found")
+            members = sorted(self._members.get(channel, set(self._users)))
+        page, cursor = self._page(members, p)
+        return {"ok": True, "members": page, "response_metadata": {"next_cursor": cursor}}
+
+    def _users_conversations(self, p: JSONDict) -> JSONDict:
+        """The channels `user` (default: the bot) is in. With a bot token a private channel is listed only when the
+        bot shares it; Slack's default `types` is public_channel only."""
+        user = str(p.get("user") or self.bot_user_id)
+        types = set(str(p.get("types") or "public_channel").split(","))
+        with self._lock:
+            if user not in self._users:
+                raise SlackSandboxError("user_not_found")
+            known = sorted(c for c in set(self._channels) | set(self._messages) if channel_type(c) != "im")
+            found = [
+                self._conversation(c) for c in known
+                if self.is_member(c, user) and self._visible_to_bot(c)
+                and ("private_channel" if self._is_private(c) else "public_channel") in types
+            ]
+        page, cursor = self._page(found, p)
+        return {"ok": True, "channels": page, "response_metadata": {"next_cursor": cursor}}
 
     def _files_get_upload_url(self, p: JSONDict) -> JSONDict:
         filename = _required(p, "filename", "invalid_arguments")

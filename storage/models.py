@@ -283,6 +283,69 @@ class Report(Base):
 
 # ---- Trust (issue "Trust"): each section below belongs to one item group ------------------------------------
 # -- events: ack after store (items 1, 2, 11) --
+
+
+class MessageReaction(Base):
+    """A person's latest 📌 or milestone emoji on a message, stored before the event is acked; the work it
+    needs (fetching the message, names, milestones) runs afterwards. The later `event_ts` wins, so an add and
+    a remove apply in the order they were made whatever order the work finishes in."""
+
+    __tablename__ = "message_reactions"
+    __table_args__ = (
+        UniqueConstraint("channel", "message_ts", "user_id", "emoji", name="uq_reaction_user_emoji"),
+        Index("ix_reaction_pending", "applied", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32), nullable=False)
+    message_ts: Mapped[str] = mapped_column(String(32), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    emoji: Mapped[str] = mapped_column(String(100), nullable=False)
+    added: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    event_ts: Mapped[str] = mapped_column(String(32), nullable=False)
+    applied: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+
 # -- commands: replayed requests and rate limits (items 6, 9) --
+class SeenRequest(Base):
+    """A slash command or interaction by its trigger_id, kept while a replay of its signed body is still valid:
+    the insert that wins the unique constraint runs the request, and a replay gets the answer stored here."""
+
+    __tablename__ = "seen_requests"
+    __table_args__ = (UniqueConstraint("trigger_id", name="uq_seen_request_trigger"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trigger_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # command | block_actions | view_submission | …
+    user_id: Mapped[str | None] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(nullable=False)
+    # The HTTP answer of the first delivery; None while it still runs.
+    answer: Mapped[dict[str, Any] | None]
+
+
+class RateHit(Base):
+    """One request counted against a rate limit: `source` names the budget (open, post; alerts get their own),
+    `key` whom or where it limits (`user:U…`, `channel:C…`)."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_source_key_at", "source", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(32), nullable=False)
+    key: Mapped[str] = mapped_column(String(80), nullable=False)
+    at: Mapped[datetime] = mapped_column(nullable=False)
+
+
 # -- access: who may see an incident (items 7, 8) --
+class ChannelVisibility(Base):
+    """Whether a channel is private, as Slack's conversations.info said at `checked_at`. `/incident list` shows
+    a public channel's incidents to everyone; those of any other channel, or of one not checked, only to members."""
+
+    __tablename__ = "channel_visibility"
+
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    is_private: Mapped[bool] = mapped_column(nullable=False)
+    checked_at: Mapped[datetime] = mapped_column(nullable=False)
+
+
 # -- announcement: slow Slack (item 5) --

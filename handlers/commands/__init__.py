@@ -7,16 +7,22 @@ A subcommand function gets the Context and a CommandRequest and returns the ephe
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot import ratelimit, replays
+from bot.access import AccessPending
 from bot.context import Context
 from bot.parsing import CommandText, UsageError, split_command
+from bot.sanitize import clean_text
+from handlers import replays as replay_guard
 from handlers.guards import ACK_WRITTEN
+from handlers.slack_limits import fit_message
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ def postmortem_subcommand(*names: str) -> Callable[[Subcommand], Subcommand]:
 
 def tell(respond: Respond, text: str) -> None:
     """An ephemeral follow-up to the person who typed the command, once the ack is long gone (response_url)."""
-    respond(response_type="ephemeral", replace_original=False, text=text)
+    respond(response_type="ephemeral", replace_original=False, text=fit_message(text, None)[0])
 
 
 def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
@@ -78,42 +84,110 @@ def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
     return Answer(text=f"{message}\n{usage}".strip())
 
 
+# Subcommands that only answer the person who typed them: never rate limited. `open` has a budget of its own, and
+# every other subcommand counts against the budget of the commands that post to the channel.
+READ_ONLY_SUBCOMMANDS = frozenset({"", "help", "list", "timeline", "actions", "edit"})
+
+
+def rate_budget(group: str, sub: str) -> str | None:
+    if group == "incident" and sub == "open":
+        return ratelimit.OPEN
+    return None if sub in READ_ONLY_SUBCOMMANDS else ratelimit.POST
+
+
+def rate_limited_answer(ctx: Context, limited: ratelimit.RateLimited) -> Answer:
+    now = ctx.clock.now()
+    seconds = max(1, math.ceil((limited.retry_at - now).total_seconds()))  # never "try again in 0 seconds"
+    fmt = ctx.formatter()
+    retry_at = fmt.local(limited.retry_at)  # to the second: a minute's precision would invite an early retry
+    return Answer(text=ctx.say(
+        "trust.rate_limited", source=limited.source, scope=limited.limit.scope, most=limited.limit.most,
+        window=fmt.duration(limited.window), seconds=seconds,
+        at=f"{retry_at:%H:%M:%S} {fmt.abbreviation(retry_at)}",
+    ))
+
+
 def dispatch(
     ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond,
     context: BoltContext | None = None,
 ) -> None:
+    # A replay of a signed body (same trigger_id) gets the first delivery's answer and runs nothing; the first
+    # delivery takes its rate budget in the same transaction. Read-only subcommands change nothing when run
+    # again, so they are answered afresh and cost no write.
+    budget = rate_budget(group, command_text(body).sub)
+    spend = ratelimit.Spend()
+    try:
+        run_ack = ack if budget is None else replay_guard.claim(
+            ctx, body, ack, kind="command", user_id=body.get("user_id"),
+            pending=lambda pending_ack: pending_ack(response_type="ephemeral", text=ctx.say("trust.replay_pending")),
+            also=lambda session: spend.take(ctx, session, budget, body.get("user_id", ""), body.get("channel_id", "")),
+        )
+    except SQLAlchemyError:
+        log.exception("database unavailable while checking %s for a replay", body.get("command"))
+        ack(response_type="ephemeral", text=ctx.say("incident.error", code="database_unavailable", params={}))
+        return
+    if run_ack is None:
+        return
     # What the subcommand hands to ctx.jobs (the announcement, scheduler jobs) waits until the ack is written.
     with ctx.jobs.held_until(context.get(ACK_WRITTEN) if context is not None else None):
-        _dispatch(ctx, group, table, body, ack, respond)
+        _dispatch(ctx, group, table, body, run_ack, respond, spend)
+
+
+def command_text(body: dict[str, Any]) -> CommandText:
+    return split_command(clean_text(body.get("text", "")))
 
 
 def _dispatch(
-    ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond
+    ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond,
+    spend: ratelimit.Spend | None = None,
 ) -> None:
-    parsed = split_command(body.get("text", ""))
+    parsed = command_text(body)
     request = CommandRequest(
         command=body.get("command", ""),
         parsed=parsed,
         user_id=body.get("user_id", ""),
-        user_name=body.get("user_name", ""),
+        user_name=clean_text(body.get("user_name", "")),
         channel_id=body.get("channel_id", ""),
         response_url=body.get("response_url"),
         trigger_id=body.get("trigger_id"),
     )
     handler = table.get(parsed.sub) if parsed.sub else table.get("help")
+    spend = spend or ratelimit.Spend()
     try:
+        spend.check()
         if handler is None:
             raise UsageError("unknown_subcommand", "", value=parsed.sub)
         answer = handler(ctx, request, respond)
+    except ratelimit.RateLimited as limited:
+        answer = rate_limited_answer(ctx, limited)
+    except AccessPending as pending:
+        from handlers.commands.access import answer_after_lookup  # imports this module
+
+        answer = answer_after_lookup(ctx, group, handler, request, respond, pending)
     except UsageError as error:
+        _give_back(ctx, spend.hits)  # bad input stored nothing, so it spends no budget
         answer = usage_answer(ctx, group, error)
-    except OperationalError:
+    except SQLAlchemyError:  # not only OperationalError: a read-only PostgreSQL raises InternalError
         log.exception("database unavailable during %s %s", request.command, parsed.sub)
         answer = Answer(text=ctx.say("incident.error", code="database_unavailable", params={}))
+    answer.text, answer.blocks = fit_message(answer.text, answer.blocks, note=ctx.say("limits.truncated"))
     ack(response_type="ephemeral", text=answer.text, blocks=answer.blocks)
 
 
+def _give_back(ctx: Context, hits: list[int]) -> None:
+    try:
+        ratelimit.give_back(ctx, hits)
+    except SQLAlchemyError:
+        log.warning("could not give back rate-limit hits; they expire with the window", exc_info=True)
+
+
+def _expire(ctx: Context) -> None:
+    replays.expire(ctx)
+    ratelimit.expire(ctx)
+
+
 def register(app: App, ctx: Context) -> None:
+    ctx.hook("on_sweep", _expire)
     # Importing the per-domain modules fills the tables above.
     from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders  # noqa: F401
 

@@ -14,6 +14,7 @@ from bot.context import Context
 from bot.evidence import service
 from bot.parsing import UsageError
 from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
+from handlers.commands.access import asking
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def _target(ctx: Context, request: CommandRequest, sub: str) -> tuple[int, str, 
     if missing:
         raise UsageError("evidence_not_configured", sub, missing=missing)
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         name = service.service_of(incident, ctx.settings)
         if not name:
             raise UsageError("evidence_no_service", sub, public_id=incident.public_id)

@@ -8,12 +8,14 @@ from bot import durations, incidents, lifecycle
 from bot.context import Context
 from bot.parsing import UsageError, decode, milestone_time, parse_milestone, parse_role, parse_severity, parse_status
 from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
+from handlers.commands.access import asking
+from handlers.slack_limits import fits
 from storage.models import Incident
 
 
 def _target(ctx: Context, request: CommandRequest) -> int:
     with ctx.db.session() as session:
-        return incidents.resolve_target(session, request.channel_id, request.parsed.incident_id).id
+        return incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id).id
 
 
 def _no_extra(request: CommandRequest, sub: str) -> None:
@@ -96,11 +98,12 @@ def milestone(ctx: Context, request: CommandRequest, respond: Respond) -> Answer
 @incident_subcommand("timeline")
 def timeline(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     _no_extra(request, "timeline")
-    message = lifecycle.timeline_view(ctx, _target(ctx, request))
+    # The newest events Slack takes; the answer says how many earlier ones are left to the report.
+    message = lifecycle.timeline_view(ctx, _target(ctx, request), lambda m: fits(m.text, m.blocks))
     return Answer(text=message.text, blocks=message.blocks)
 
 
 @incident_subcommand("list")
 def list_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     _no_extra(request, "list")
-    return Answer(text=lifecycle.list_view(ctx, request.channel_id))
+    return Answer(text=lifecycle.list_view(ctx, asking(ctx, request)))

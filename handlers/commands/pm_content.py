@@ -7,6 +7,7 @@ answers ephemerally, and leaves Slack posts (item messages, the checklist, the a
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from slack_bolt import Respond
 
@@ -14,17 +15,21 @@ from bot import incidents, pm_parsing, postmortem
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
+from bot.render import most_that_fits
 from handlers.commands import Answer, CommandRequest, postmortem_subcommand, tell
+from handlers.commands.access import asking
+from handlers.slack_limits import fits
 from storage.models import ImpactValue
 
 log = logging.getLogger(__name__)
+ACTIONS_LIMIT = 100  # items in one `actions` answer at most, Slack's size limits permitting
 
 
 @postmortem_subcommand("why")
 def why(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     command = pm_parsing.parse_why(request.rest)
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         if command.position is None:
             assert command.text is not None
             position = postmortem.add_why(session, incident, command.text, request.user_id)
@@ -41,7 +46,7 @@ def why(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
 def root_cause(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     text = pm_parsing.parse_text(request.rest, "root-cause")
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         postmortem.set_root_cause(session, incident, text)
         incident_id = incident.id
     ctx.jobs.submit(_refresh_announcement, ctx, incident_id)
@@ -60,7 +65,7 @@ def _refresh_announcement(ctx: Context, incident_id: int) -> None:
 def action(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     parsed = pm_parsing.parse_action(request.rest, ctx.clock.now(), ctx.settings.timezone)
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         item = postmortem.add_action_item(
             ctx, session, incident, parsed, user_id=request.user_id, user_name=request.user_name or None
         )
@@ -83,20 +88,25 @@ def _post_item(ctx: Context, item_id: int, respond: Respond) -> None:
 def actions(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     pm_parsing.no_arguments(request.rest, "actions")
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         items = postmortem.list_actions(session, incident.id)
-        text = ctx.renderer.text(
-            "postmortem/actions_list", ctx.locale, incident=incident, items=items, fmt=ctx.formatter(),
-            now=ctx.clock.now(), limit=100,
-        )
-    return Answer(text=text.strip())
+        fmt, now = ctx.formatter(), ctx.clock.now()
+
+        def render(limit: int) -> str:
+            return ctx.renderer.text(
+                "postmortem/actions_list", ctx.locale, incident=incident, items=items, fmt=fmt, now=now, limit=limit,
+            ).strip()
+
+        # Open items first, by priority (list_actions' order), as many as Slack takes; the rest are counted.
+        text = most_that_fits(render, ACTIONS_LIMIT, lambda t: fits(t, None))
+    return Answer(text=text)
 
 
 @postmortem_subcommand("impact")
 def impact(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     value = pm_parsing.parse_impact(request.rest)
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         postmortem.record_manual_impact(ctx, session, incident, value, request.user_id)
     view = postmortem.impact_view(value.field, ImpactValue(field=value.field, value=value.canonical(),
                                                            source="manual"))
@@ -107,7 +117,7 @@ def _note(kind: str) -> object:
     def handler(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         text = pm_parsing.parse_note(request.rest, kind)
         with ctx.db.session() as session:
-            incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+            incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
             position = postmortem.add_note(session, incident, kind, text, request.user_id)
         return Answer(text=ctx.say("postmortem.note_added", kind=kind, position=position, text=text))
 
@@ -123,7 +133,7 @@ postmortem_subcommand("prevent")(_note("prevent"))  # type: ignore[arg-type]
 def checklist(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     pm_parsing.no_arguments(request.rest, "checklist")
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         incident_id = incident.id
     ctx.jobs.submit(_post_checklist, ctx, incident_id, respond)
     return Answer(text=ctx.say("postmortem.checklist_ack"))
@@ -140,13 +150,18 @@ def _post_checklist(ctx: Context, incident_id: int, respond: Respond) -> None:
 def edit(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     pm_parsing.no_arguments(request.rest, "edit")
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         view = postmortem.edit_modal(ctx, incident, postmortem.edit_values(session, incident))
     if not request.trigger_id:
         raise UsageError("modal_failed", "edit", reason="no trigger_id")
-    # The trigger expires 3 s after the command, so the modal opens here rather than in a background job.
-    try:
-        ctx.messenger.open_view(request.trigger_id, view)
-    except MessengerError as error:
-        return Answer(text=ctx.say("postmortem.error", code="modal_failed", params={"reason": error.kind}))
+    # views.open is a Slack call, so it waits for the ack; the job starts as the response is written, well
+    # inside the 3 s the trigger lives.
+    ctx.jobs.submit(_open_edit_modal, ctx, request.trigger_id, view, respond)
     return Answer(text=ctx.say("postmortem.edit_opened"))
+
+
+def _open_edit_modal(ctx: Context, trigger_id: str, view: dict[str, Any], respond: Respond) -> None:
+    try:
+        ctx.messenger.open_view(trigger_id, view)
+    except MessengerError as error:
+        tell(respond, ctx.say("postmortem.error", code="modal_failed", params={"reason": error.kind}))

@@ -10,6 +10,7 @@ from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.settings import LOCALES
 from handlers.commands import Answer, CommandRequest, postmortem_subcommand, tell
+from handlers.commands.access import asking
 
 
 @postmortem_subcommand("help")
@@ -23,7 +24,7 @@ def report(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     if locale not in LOCALES:
         raise UsageError("bad_locale", "report", value=request.rest.strip())
     with ctx.db.session() as session:
-        incident = incidents.resolve_target(session, request.channel_id, request.parsed.incident_id)
+        incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         incident_id, public_id = incident.id, incident.public_id
     delivery = reports.request_report(ctx, incident_id, locale, request.user_id)
     ctx.jobs.submit(_deliver, ctx, delivery, respond)
