@@ -281,10 +281,6 @@ class Report(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-# ---- Trust (issue "Trust"): each section below belongs to one item group ------------------------------------
-# -- events: ack after store (items 1, 2, 11) --
-
-
 class MessageReaction(Base):
     """A person's latest 📌 or milestone emoji on a message, stored before the event is acked; the work it
     needs (fetching the message, names, milestones) runs afterwards. The later `event_ts` wins, so an add and
@@ -306,7 +302,7 @@ class MessageReaction(Base):
     applied: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
 
-# -- commands: replayed requests and rate limits (items 6, 9) --
+
 class SeenRequest(Base):
     """A slash command or interaction by its trigger_id, kept while a replay of its signed body is still valid:
     the insert that wins the unique constraint runs the request, and a replay gets the answer stored here."""
@@ -336,7 +332,6 @@ class RateHit(Base):
     at: Mapped[datetime] = mapped_column(nullable=False)
 
 
-# -- access: who may see an incident (items 7, 8) --
 class ChannelVisibility(Base):
     """Whether a channel is private, as Slack's conversations.info said at `checked_at`. `/incident list` shows
     a public channel's incidents to everyone; those of any other channel, or of one not checked, only to members."""
@@ -346,6 +341,3 @@ class ChannelVisibility(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     is_private: Mapped[bool] = mapped_column(nullable=False)
     checked_at: Mapped[datetime] = mapped_column(nullable=False)
-
-
-# -- announcement: slow Slack (item 5) --

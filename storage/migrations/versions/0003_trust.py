@@ -1,4 +1,4 @@
-"""Trust: what the fault and abuse fixes need to remember (issue "Trust").
+"""Trust: reactions stored before the ack, seen trigger_ids and rate-limit hits, and channel visibility.
 
 Revision ID: 0003
 Revises: 0002
@@ -16,7 +16,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # -- events: ack after store (items 1, 2, 11) --
     op.create_table(
         "message_reactions",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -33,7 +32,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("message_reactions", schema=None) as batch_op:
         batch_op.create_index("ix_reaction_pending", ["applied", "updated_at"], unique=False)
-    # -- commands: replayed requests and rate limits (items 6, 9) --
     op.create_table(
         "seen_requests",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -54,7 +52,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_rate_hits_source_key_at", "rate_hits", ["source", "key", "at"], unique=False)
-    # -- access: who may see an incident (items 7, 8) --
     op.create_table(
         "channel_visibility",
         sa.Column("channel_id", sa.String(length=32), nullable=False),
@@ -62,18 +59,11 @@ def upgrade() -> None:
         sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("channel_id"),
     )
-    # -- announcement: slow Slack (item 5) --
-    pass
 
 
 def downgrade() -> None:
-    # -- announcement: slow Slack (item 5) --
-    # -- access: who may see an incident (items 7, 8) --
     op.drop_table("channel_visibility")
-    # -- commands: replayed requests and rate limits (items 6, 9) --
     op.drop_index("ix_rate_hits_source_key_at", table_name="rate_hits")
     op.drop_table("rate_hits")
     op.drop_table("seen_requests")
-    # -- events: ack after store (items 1, 2, 11) --
     op.drop_table("message_reactions")
-    pass
