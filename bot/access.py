@@ -69,10 +69,7 @@ class Memberships:
 
 
 def memberships(ctx: Context) -> Memberships:
-    found = ctx.extras.get("access.memberships")
-    if found is None:
-        found = ctx.extras.setdefault("access.memberships", Memberships(ctx.messenger, ctx.clock))
-    return found  # type: ignore[no-any-return]
+    return ctx.shared(Memberships, lambda: Memberships(ctx.messenger, ctx.clock))
 
 
 @dataclass(frozen=True)
@@ -154,4 +151,4 @@ def install(ctx: Context) -> None:
         except MessengerError as error:
             log.warning("channel visibility lookup failed: %s", error.kind)  # counts as private until known
 
-    ctx.hook("on_announced", on_announced)
+    ctx.hooks.on_announced.register(on_announced)

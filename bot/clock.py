@@ -36,21 +36,3 @@ class ManualClock:
         with self._lock:
             self._now = value.astimezone(UTC)
 
-
-class OffsetClock:
-    """Real time shifted to a chosen start, for the demo: the scenario reads 14:00 while time still flows."""
-
-    def __init__(self, start: datetime, speed: float = 1.0) -> None:
-        self._origin_real = datetime.now(UTC)
-        self._origin_fake = start.astimezone(UTC)
-        self._speed = speed
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        with self._lock:
-            elapsed = datetime.now(UTC) - self._origin_real
-            return self._origin_fake + elapsed * self._speed
-
-    def jump(self, delta: timedelta) -> None:
-        with self._lock:
-            self._origin_fake += delta

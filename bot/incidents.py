@@ -71,7 +71,7 @@ def open_incident(
             session, incident, actor=user_id, actor_name=user_name, at=now, action="opened",
             data={"title": request.title, "severity": request.severity, "service": service},
         )
-        ctx.fire("on_open", session, incident)
+        ctx.hooks.on_open.fire(session, incident)
     log.info("incident opened", extra={"json_fields": {"incident_id": incident.public_id}})
     return incident
 
@@ -230,7 +230,7 @@ def retry_pending_announcements(ctx: Context) -> int:
         try:
             if post_announcement(ctx, incident_id):
                 posted += 1
-                ctx.fire("on_announced", incident_id)
+                ctx.hooks.on_announced.fire(incident_id)
         except MessengerError as error:
             log.warning("announcement retry failed: %s", error.kind)
     return posted
@@ -245,13 +245,6 @@ def refresh_announcement(ctx: Context, incident_id: int) -> None:
         message = render_announcement(ctx, session, incident)
         channel, ts = incident.channel_id, incident.announcement_ts
     ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """Several active incidents in one channel: the user must name one."""
-
-    incidents: list[tuple[str, str]]
 
 
 def find_by_public_id(session: Session, public_id: str) -> Incident | None:

@@ -166,7 +166,7 @@ def _close(ctx: Context, session: Session, incident: Incident, status: str, acto
         data={"old": old, "new": status},
     )
     session.flush()
-    ctx.fire("on_closed", session, incident)
+    ctx.hooks.on_closed.fire(session, incident)
 
 
 # ---- status -----------------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def change_status(
                       **{k: v.isoformat() for k, v in cleared.items() if v is not None}},
             )
             session.flush()
-            ctx.fire("on_reopened", session, incident)
+            ctx.hooks.on_reopened.fire(session, incident)
             reopened = True
         elif new in CLOSED_STATUSES:
             if new == "resolved" and incident.resolved_at is None:
@@ -590,4 +590,4 @@ def list_view(ctx: Context, asker: Asker) -> str:
 
 
 def install(ctx: Context) -> None:
-    ctx.hook("on_sweep", lambda c: retry_failed_refreshes(c))
+    ctx.hooks.on_sweep.register(lambda c: retry_failed_refreshes(c))

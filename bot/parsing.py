@@ -13,7 +13,6 @@ from bot.timefmt import parse_clock_time
 
 SEVERITIES = ("critical", "high", "medium", "low")
 INCIDENT_ID_RE = re.compile(r"\bINCIDENT-(\d{8})-(\d{3,6})\b", re.IGNORECASE)
-USER_RE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 MAX_TITLE = 200
 
 
@@ -98,12 +97,6 @@ def parse_open(rest: str) -> OpenRequest:
     if len(title) > MAX_TITLE:
         raise UsageError("title_too_long", "open", limit=MAX_TITLE)
     return OpenRequest(title=title, severity=severity, service=service)
-
-
-def parse_user(token: str) -> str | None:
-    """`<@U123|name>` (Slack's escaped form) → `U123`."""
-    match = USER_RE.match(token.strip())
-    return match.group(1) if match else None
 
 
 # ---- lifecycle: status, severity, role, milestone ------------------------------------------------------------

@@ -134,7 +134,7 @@ def apply_pending(ctx: Context) -> int:
 
 
 def install(ctx: Context) -> None:
-    ctx.hook("on_sweep", apply_pending)
+    ctx.hooks.on_sweep.register(apply_pending)
 
 
 # ---- finding the incident -------------------------------------------------------------------------------------

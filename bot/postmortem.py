@@ -143,13 +143,6 @@ def notes(session: Session, incident_id: int, kind: str) -> list[str]:
 # --------------------------------------------------------------------------------------------- action items
 
 
-def _reminders() -> Any:
-    # The reminders domain owns scheduling; imported late so either module can load first.
-    from bot import reminders
-
-    return reminders
-
-
 def add_action_item(
     ctx: Context, session: Session, incident: Incident, request: ActionRequest, *, user_id: str,
     user_name: str | None = None,
@@ -171,8 +164,7 @@ def add_action_item(
         data={"item": item.id, "priority": item.priority, "task": item.task, "owner": item.owner_id,
               "owner_name": request.owner_name, "due": item.due_at.isoformat() if item.due_at else None},
     )
-    if item.due_at is not None:
-        _reminders().schedule_action_item(ctx, session, item)
+    ctx.hooks.on_action_item_added.fire(session, item)  # reminders schedule its due date
     return item
 
 
@@ -186,9 +178,9 @@ def set_action_status(ctx: Context, session: Session, item: ActionItem, status: 
     item.done_at = ctx.clock.now() if status == "done" else None
     item.updated_at = ctx.clock.now()
     if status == "done":
-        _reminders().cancel_action_item(ctx, session, item.id)
-    elif was_done and item.due_at is not None:
-        _reminders().schedule_action_item(ctx, session, item)
+        ctx.hooks.on_action_item_done.fire(session, item)
+    elif was_done:
+        ctx.hooks.on_action_item_reopened.fire(session, item)
     return True
 
 
@@ -284,7 +276,7 @@ def retry_unposted_action_items(ctx: Context) -> int:
 
 
 def install(ctx: Context) -> None:
-    ctx.hook("on_sweep", retry_unposted_action_items)
+    ctx.hooks.on_sweep.register(retry_unposted_action_items)
 
 
 # --------------------------------------------------------------------------------------------- impact

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from bot import timeline
+from bot import durations, timeline
 from bot.context import Context
 from bot.ports import MessengerError
 from bot.report import render_report, report_filename
@@ -39,8 +39,6 @@ def request_report(ctx: Context, incident_id: int, locale: str, user_id: str | N
 
 
 def summary_line(ctx: Context, incident_id: int, locale: str, filename: str) -> str:
-    from bot import durations
-
     with ctx.db.session() as session:
         incident = session.get_one(Incident, incident_id)
         d = durations.compute(incident)

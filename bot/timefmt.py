@@ -47,10 +47,6 @@ def format_duration(delta: timedelta, locale: str) -> str:
     return sign + " ".join(parts)
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def ensure_utc(value: datetime) -> datetime:
     """Databases without time zones (SQLite) hand back naive datetimes that we stored as UTC."""
     if value.tzinfo is None:
@@ -60,10 +56,6 @@ def ensure_utc(value: datetime) -> datetime:
 
 def slack_ts_to_datetime(ts: str) -> datetime:
     return datetime.fromtimestamp(float(ts), UTC)
-
-
-def datetime_to_slack_ts(value: datetime) -> str:
-    return f"{ensure_utc(value).timestamp():.6f}"
 
 
 class TimeFormatter:

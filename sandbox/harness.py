@@ -1,115 +1,21 @@
-"""The real app on loopback against the local Slack sandbox: what the demo and the tests both run.
-
-Requests travel over real HTTP: the driver signs them like Slack, the app's WebClient calls the sandbox.
-"""
+"""The tests' LocalBot: the loopback bot (sandbox/loopback.py) running the app exactly as app.py builds it."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-import threading
 from collections.abc import Mapping
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from app import Runtime, build_runtime
+import app
 from bot.clock import Clock
-from bot.settings import Settings, load_settings
-from sandbox.driver import SlackDriver
+from sandbox import loopback
+from sandbox.loopback import SIGNING_SECRET
 from sandbox.slack import SlackSandbox
 
-SIGNING_SECRET = "sandbox-signing-secret"
+__all__ = ["SIGNING_SECRET", "LocalBot"]
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default backlog of 5 resets bursts of concurrent Slack requests
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-class LocalBot:
-    """Starts sandbox + app; `driver` talks to the app like Slack, `slack` records what the app did."""
-
+class LocalBot(loopback.LocalBot):
     def __init__(
         self, env: Mapping[str, str] | None = None, *, clock: Clock | None = None,
         slack: SlackSandbox | None = None, database_url: str | None = None,
     ) -> None:
-        self.slack = slack or SlackSandbox()
-        self._owns_slack = slack is None
-        self._env = dict(env or {})
-        self._clock = clock
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._database_url = database_url
-        self.runtime: Runtime | None = None
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self.driver: SlackDriver | None = None
-
-    def settings(self) -> Settings:
-        if self._database_url is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="incident-bot-")
-            self._database_url = f"sqlite:///{os.path.join(self._tmp.name, 'bot.db')}"
-        env = {
-            "SLACK_BOT_TOKEN": self.slack.bot_token,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": self.slack.api_url,
-            "DATABASE_URL": self._database_url,
-            **self._env,
-        }
-        return load_settings(env)
-
-    def start(self, *, background: bool = True) -> LocalBot:
-        if self._owns_slack:
-            self.slack.start()
-        self.runtime = build_runtime(self.settings(), clock=self._clock)
-        self._server = make_server("127.0.0.1", 0, self.runtime.wsgi, server_class=_ThreadingWSGIServer,
-                                   handler_class=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-bot-http", daemon=True)
-        self._thread.start()
-        if background:
-            self.runtime.start()
-        self.driver = SlackDriver(self.url, SIGNING_SECRET, self.slack, team_id=self.slack.team_id)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}/slack/events"
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    @property
-    def ctx(self) -> Any:
-        assert self.runtime is not None
-        return self.runtime.ctx
-
-    def settle(self, timeout: float = 30.0) -> None:
-        """Waits until the work the app started after its acks has finished."""
-        assert self.runtime is not None
-        self.runtime.ctx.jobs.wait_idle(timeout)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self.runtime is not None:
-            self.runtime.stop()
-            self.runtime.ctx.db.dispose()
-        if self._owns_slack:
-            self.slack.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def __enter__(self) -> LocalBot:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(env, build_runtime=app.build_runtime, clock=clock, slack=slack, database_url=database_url)

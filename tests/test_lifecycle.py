@@ -305,8 +305,8 @@ def test_a_corrected_milestone_shows_once_on_the_timeline(clocked: tuple[LocalBo
 
 def hooks(bot: LocalBot) -> list[tuple[str, str, str]]:
     fired: list[tuple[str, str, str]] = []
-    for name in ("on_closed", "on_reopened"):
-        bot.ctx.hook(name, lambda _ctx, _session, inc, name=name: fired.append((name, inc.public_id, inc.status)))
+    for hook in (bot.ctx.hooks.on_closed, bot.ctx.hooks.on_reopened):
+        hook.register(lambda _ctx, _session, inc, name=hook.name: fired.append((name, inc.public_id, inc.status)))
     return fired
 
 

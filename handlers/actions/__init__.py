@@ -5,10 +5,9 @@ from __future__ import annotations
 from slack_bolt import App
 
 from bot.context import Context
+from handlers.actions import evidence, postmortem
 
 
 def register(app: App, ctx: Context) -> None:
-    from handlers.actions import evidence, postmortem
-
     postmortem.register(app, ctx)
     evidence.register(app, ctx)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
@@ -21,67 +19,22 @@ from bot.context import Context
 from bot.parsing import CommandText, UsageError, split_command
 from bot.sanitize import clean_text
 from handlers import replays as replay_guard
+
+# Importing the per-domain modules fills the subcommand tables of handlers/commands/base.py.
+from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders  # noqa: F401
+from handlers.commands.access import answer_after_lookup
+from handlers.commands.base import (
+    INCIDENT_SUBCOMMANDS,
+    POSTMORTEM_SUBCOMMANDS,
+    Answer,
+    CommandRequest,
+    Subcommand,
+    usage_answer,
+)
 from handlers.guards import ACK_WRITTEN
 from handlers.slack_limits import fit_message
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CommandRequest:
-    command: str
-    parsed: CommandText
-    user_id: str
-    user_name: str
-    channel_id: str
-    response_url: str | None
-    trigger_id: str | None
-
-    @property
-    def rest(self) -> str:
-        return self.parsed.rest
-
-
-@dataclass
-class Answer:
-    """The ephemeral reply to the person who typed the command."""
-
-    text: str
-    blocks: list[dict[str, Any]] | None = None
-
-
-Subcommand = Callable[[Context, CommandRequest, Respond], Answer]
-INCIDENT_SUBCOMMANDS: dict[str, Subcommand] = {}
-POSTMORTEM_SUBCOMMANDS: dict[str, Subcommand] = {}
-
-
-def incident_subcommand(*names: str) -> Callable[[Subcommand], Subcommand]:
-    def wrap(fn: Subcommand) -> Subcommand:
-        for name in names:
-            INCIDENT_SUBCOMMANDS[name] = fn
-        return fn
-
-    return wrap
-
-
-def postmortem_subcommand(*names: str) -> Callable[[Subcommand], Subcommand]:
-    def wrap(fn: Subcommand) -> Subcommand:
-        for name in names:
-            POSTMORTEM_SUBCOMMANDS[name] = fn
-        return fn
-
-    return wrap
-
-
-def tell(respond: Respond, text: str) -> None:
-    """An ephemeral follow-up to the person who typed the command, once the ack is long gone (response_url)."""
-    respond(response_type="ephemeral", replace_original=False, text=fit_message(text, None)[0])
-
-
-def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
-    message = ctx.say(f"{group}.error", code=error.code, params=error.params)
-    usage = ctx.say(f"{group}.usage", sub=error.usage)
-    return Answer(text=f"{message}\n{usage}".strip())
 
 
 # Subcommands that only answer the person who typed them: never rate limited. `open` has a budget of its own, and
@@ -161,8 +114,6 @@ def _dispatch(
     except ratelimit.RateLimited as limited:
         answer = rate_limited_answer(ctx, limited)
     except AccessPending as pending:
-        from handlers.commands.access import answer_after_lookup  # imports this module
-
         answer = answer_after_lookup(ctx, group, handler, request, respond, pending)
     except UsageError as error:
         _give_back(ctx, spend.hits)  # bad input stored nothing, so it spends no budget
@@ -187,9 +138,7 @@ def _expire(ctx: Context) -> None:
 
 
 def register(app: App, ctx: Context) -> None:
-    ctx.hook("on_sweep", _expire)
-    # Importing the per-domain modules fills the tables above.
-    from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders  # noqa: F401
+    ctx.hooks.on_sweep.register(_expire)
 
     @app.command("/incident")
     def incident_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:

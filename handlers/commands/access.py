@@ -16,7 +16,7 @@ from bot import access
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
-from handlers.commands import Answer, CommandRequest, Subcommand, usage_answer
+from handlers.commands.base import Answer, CommandRequest, Subcommand, usage_answer
 from handlers.slack_limits import fit_message
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from bot import incidents
 from bot.context import Context
 from bot.evidence import service
 from bot.parsing import UsageError
-from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
 from handlers.commands.access import asking
+from handlers.commands.base import Answer, CommandRequest, incident_subcommand, tell
 
 log = logging.getLogger(__name__)
 

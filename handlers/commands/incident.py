@@ -10,7 +10,7 @@ from bot import incidents
 from bot.context import Context
 from bot.parsing import parse_open
 from bot.ports import MessengerError
-from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
+from handlers.commands.base import Answer, CommandRequest, incident_subcommand, tell
 
 log = logging.getLogger(__name__)
 
@@ -39,4 +39,4 @@ def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond) -
         tell(respond, ctx.say(outcome, public_id=public_id, reason=error.kind))
         return
     if ts is not None:  # None: already on record, or another worker is posting it and says so when it is done
-        ctx.fire("on_announced", incident_id)
+        ctx.hooks.on_announced.fire(incident_id)

@@ -7,8 +7,8 @@ from slack_bolt import Respond
 from bot import durations, incidents, lifecycle
 from bot.context import Context
 from bot.parsing import UsageError, decode, milestone_time, parse_milestone, parse_role, parse_severity, parse_status
-from handlers.commands import Answer, CommandRequest, incident_subcommand, tell
 from handlers.commands.access import asking
+from handlers.commands.base import Answer, CommandRequest, incident_subcommand, tell
 from handlers.slack_limits import fits
 from storage.models import Incident
 

@@ -16,8 +16,8 @@ from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.render import most_that_fits
-from handlers.commands import Answer, CommandRequest, postmortem_subcommand, tell
 from handlers.commands.access import asking
+from handlers.commands.base import Answer, CommandRequest, postmortem_subcommand, tell
 from handlers.slack_limits import fits
 from storage.models import ImpactValue
 

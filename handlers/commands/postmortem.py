@@ -9,8 +9,8 @@ from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.settings import LOCALES
-from handlers.commands import Answer, CommandRequest, postmortem_subcommand, tell
 from handlers.commands.access import asking
+from handlers.commands.base import Answer, CommandRequest, postmortem_subcommand, tell
 
 
 @postmortem_subcommand("help")

@@ -11,8 +11,8 @@ from bot.context import Context
 from bot.parsing import UsageError, decode
 from bot.ports import MessengerError
 from bot.timefmt import parse_future_clock_time
-from handlers.commands import Answer, CommandRequest, incident_subcommand
 from handlers.commands.access import asking
+from handlers.commands.base import Answer, CommandRequest, incident_subcommand
 from storage.models import Incident
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def meeting(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
                   "new_display": new_display},
         )
         session.flush()
-        ctx.fire("on_meeting_moved", session, incident)
+        ctx.hooks.on_meeting_moved.fire(session, incident)
         incident_id, public_id = incident.id, incident.public_id
     ctx.jobs.submit(_refresh, ctx, incident_id)
     return Answer(text=ctx.say(

@@ -5,9 +5,8 @@ from __future__ import annotations
 from slack_bolt import App
 
 from bot.context import Context
+from handlers.views import postmortem
 
 
 def register(app: App, ctx: Context) -> None:
-    from handlers.views import postmortem
-
     postmortem.register(app, ctx)

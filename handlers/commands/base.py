@@ -1,0 +1,74 @@
+"""What every subcommand module shares: the request, the answer, and the tables the subcommands register in.
+
+A module of its own, so the subcommand modules and the dispatcher in handlers/commands/__init__.py both import
+it, and neither imports the other's half-loaded package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt import Respond
+
+from bot.context import Context
+from bot.parsing import CommandText, UsageError
+from handlers.slack_limits import fit_message
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    command: str
+    parsed: CommandText
+    user_id: str
+    user_name: str
+    channel_id: str
+    response_url: str | None
+    trigger_id: str | None
+
+    @property
+    def rest(self) -> str:
+        return self.parsed.rest
+
+
+@dataclass
+class Answer:
+    """The ephemeral reply to the person who typed the command."""
+
+    text: str
+    blocks: list[dict[str, Any]] | None = None
+
+
+Subcommand = Callable[[Context, CommandRequest, Respond], Answer]
+INCIDENT_SUBCOMMANDS: dict[str, Subcommand] = {}
+POSTMORTEM_SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def incident_subcommand(*names: str) -> Callable[[Subcommand], Subcommand]:
+    def wrap(fn: Subcommand) -> Subcommand:
+        for name in names:
+            INCIDENT_SUBCOMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def postmortem_subcommand(*names: str) -> Callable[[Subcommand], Subcommand]:
+    def wrap(fn: Subcommand) -> Subcommand:
+        for name in names:
+            POSTMORTEM_SUBCOMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def tell(respond: Respond, text: str) -> None:
+    """An ephemeral follow-up to the person who typed the command, once the ack is long gone (response_url)."""
+    respond(response_type="ephemeral", replace_original=False, text=fit_message(text, None)[0])
+
+
+def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
+    message = ctx.say(f"{group}.error", code=error.code, params=error.params)
+    usage = ctx.say(f"{group}.usage", sub=error.usage)
+    return Answer(text=f"{message}\n{usage}".strip())
