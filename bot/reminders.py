@@ -4,9 +4,10 @@ Every reminder is a row in `reminders`; the row, not the scheduler, is the truth
 one conditional UPDATE (not sent, not cancelled, due, claim free), posts in the incident thread, then marks it
 sent. So a reminder due while the process was down is posted once when it is back (marked late after
 LATE_AFTER), two processes on one database post it once, and a Slack failure releases the claim for a later
-retry with backoff. APScheduler (bot/scheduler.py) fires a job at each due time, and a sweep every
-SWEEP_SECONDS (and once at start) delivers whatever is due and unclaimed; the runtime's own retry sweep does
-too. SCHEDULER_ENABLED=false keeps a process out of all of it; correctness never depends on that setting.
+retry with backoff. An in-memory APScheduler (bot/scheduler.py) wakes delivery at each due time, its jobs
+rebuilt from the table at start and kept in step as rows change, and a sweep every SWEEP_SECONDS (and once at
+start) delivers whatever is due and unclaimed; the runtime's own retry sweep does too. SCHEDULER_ENABLED=false
+keeps a process out of all of it; correctness never depends on that setting.
 
 Policy, decided here:
 - At open: RCA kickoff at open + RCA_REMINDER_AFTER; pre-meeting 10 minutes before the meeting (skipped when
@@ -38,10 +39,10 @@ from sqlalchemy import event, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot import reports
-from bot.context import Context, current
+from bot.context import Context
 from bot.ports import MessengerError
 from bot.render import RenderedMessage
-from bot.scheduler import ReminderScheduler, reminder_job_id
+from bot.scheduler import ReminderScheduler
 from storage.models import ActionItem, Incident, Reminder, Report, RoleAssignment, Why
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,17 @@ _TEST_RE = re.compile(r"test|테스트|\bqa\b", re.IGNORECASE)
 
 
 def install(ctx: Context) -> None:
-    ctx.hook("on_open", on_open)
-    ctx.hook("on_announced", on_announced)
-    ctx.hook("on_closed", on_closed)
-    ctx.hook("on_reopened", on_reopened)
-    ctx.hook("on_meeting_moved", on_meeting_moved)
-    ctx.hook("on_start", start)
-    ctx.hook("on_sweep", sweep)
-    ctx.hook("on_stop", stop)
+    ctx.hooks.on_open.register(on_open)
+    ctx.hooks.on_announced.register(on_announced)
+    ctx.hooks.on_closed.register(on_closed)
+    ctx.hooks.on_reopened.register(on_reopened)
+    ctx.hooks.on_meeting_moved.register(on_meeting_moved)
+    ctx.hooks.on_action_item_added.register(on_action_item_scheduled)
+    ctx.hooks.on_action_item_reopened.register(on_action_item_scheduled)
+    ctx.hooks.on_action_item_done.register(on_action_item_done)
+    ctx.hooks.on_start.register(start)
+    ctx.hooks.on_sweep.register(sweep)
+    ctx.hooks.on_stop.register(stop)
 
 
 def scheduler(ctx: Context) -> ReminderScheduler | None:
@@ -108,19 +112,26 @@ def start(ctx: Context) -> None:
         return
     if scheduler(ctx) is not None:
         return
-    sched = ReminderScheduler(ctx.db.engine, sweep_function=f"{__name__}:run_sweep", sweep_seconds=SWEEP_SECONDS)
+    sched = ReminderScheduler(wake=partial(run_reminder, ctx), sweep=partial(run_sweep, ctx),
+                              sweep_seconds=SWEEP_SECONDS)
     sched.start()
     ctx.extras[_SCHEDULER_KEY] = sched
-    # Jobs may be missing (stored by a process that died before its after-commit step); replacing is harmless.
+    rebuild_jobs(ctx, sched)
+
+
+def rebuild_jobs(ctx: Context, sched: ReminderScheduler) -> None:
+    """One timer per pending reminder still ahead, read from the table: the jobs themselves die with the process.
+    What is already due is the start sweep's; a claimed row (a retry backing off) wakes when its claim ends."""
     now = ctx.clock.now()
     with ctx.db.read() as session:
-        future = session.execute(
-            select(Reminder.id, Reminder.due_at).where(
-                Reminder.sent_at.is_(None), Reminder.cancelled_at.is_(None), Reminder.due_at > now
+        ahead = session.execute(
+            select(Reminder.id, Reminder.due_at, Reminder.claimed_until).where(
+                Reminder.sent_at.is_(None), Reminder.cancelled_at.is_(None),
+                or_(Reminder.due_at > now, Reminder.claimed_until > now),
             )
         ).all()
-    for reminder_id, due_at in future:
-        sched.schedule(f"{__name__}:run_reminder", reminder_job_id(reminder_id), due_at, [reminder_id])
+    for reminder_id, due_at, claimed_until in ahead:
+        sched.schedule(reminder_id, max(due_at, claimed_until or due_at))
 
 
 def sweep(ctx: Context) -> None:
@@ -136,20 +147,19 @@ def stop(ctx: Context) -> None:
         sched.shutdown()
 
 
-# ---- job functions: importable, ids only ---------------------------------------------------------------------
+# ---- job functions: a failure is logged, never raised into the scheduler's worker ---------------------------
 
 
-def run_reminder(reminder_id: int) -> None:
-    ctx = current()
+def run_reminder(ctx: Context, reminder_id: int) -> None:
     try:
         deliver(ctx, reminder_id)
     except Exception:
         log.exception("reminder %s delivery failed", reminder_id)
 
 
-def run_sweep() -> None:
+def run_sweep(ctx: Context) -> None:
     try:
-        deliver_due(current())
+        deliver_due(ctx)
     except Exception:
         log.exception("reminder sweep failed")
 
@@ -158,8 +168,8 @@ def run_sweep() -> None:
 
 
 def _queue_job(ctx: Context, session: Session, *reminders: Reminder) -> None:
-    """Registers the APScheduler jobs after the transaction commits: a job must never see an uncommitted row, and
-    on SQLite a job-store write inside our open write transaction would wait on our own lock."""
+    """Sets the timers after the transaction commits: a timer that fired before the commit would find no row it can
+    claim, and a rollback must leave no timer behind."""
     session.flush()
     queue: dict[int, datetime | None] | None = session.info.get(_QUEUE_KEY)
     if queue is None:
@@ -187,9 +197,9 @@ def _sync_jobs(ctx: Context, queue: dict[int, datetime | None]) -> None:
         return
     for reminder_id, due_at in queue.items():
         if due_at is None:
-            sched.unschedule(reminder_job_id(reminder_id))
+            sched.unschedule(reminder_id)
         else:
-            sched.schedule(f"{__name__}:run_reminder", reminder_job_id(reminder_id), due_at, [reminder_id])
+            sched.schedule(reminder_id, due_at)
 
 
 def _find(session: Session, incident_id: int, kind: str, action_item_id: int | None = None) -> Reminder | None:
@@ -321,6 +331,16 @@ def schedule_action_item(ctx: Context, session: Session, action_item: ActionItem
     _set(ctx, session, action_item.incident_id, ACTION_OVERDUE, overdue, action_item_id=action_item.id)
 
 
+def on_action_item_scheduled(ctx: Context, session: Session, action_item: ActionItem) -> None:
+    """A new item, or a done one taken back: reminders only when it has a due date."""
+    if action_item.due_at is not None:
+        schedule_action_item(ctx, session, action_item)
+
+
+def on_action_item_done(ctx: Context, session: Session, action_item: ActionItem) -> None:
+    cancel_action_item(ctx, session, action_item.id)
+
+
 def cancel_action_item(ctx: Context, session: Session, action_item_id: int) -> None:
     now = ctx.clock.now()
     for reminder in session.scalars(select(Reminder).where(Reminder.action_item_id == action_item_id)).all():
@@ -389,7 +409,7 @@ def _release(ctx: Context, reminder_id: int, retry_at: datetime, **values: Any) 
         session.execute(update(Reminder).where(Reminder.id == reminder_id).values(claimed_until=retry_at, **values))
     sched = scheduler(ctx)
     if sched is not None:
-        sched.schedule(f"{__name__}:run_reminder", reminder_job_id(reminder_id), retry_at, [reminder_id])
+        sched.schedule(reminder_id, retry_at)
 
 
 def retry_delay(attempts: int) -> timedelta:

@@ -1,5 +1,5 @@
-"""What stands between Slack's request and its ack: background work waits until the response is written, the
-scheduler's polling reads take no write lock, and SQLite checkpoints happen off the request path."""
+"""What stands between Slack's request and its ack: background work waits until the response is written, and SQLite
+checkpoints happen off the request path (the scheduler's timers never touch the database: tests/test_scheduler.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from sqlalchemy import text
 
 from bot import jobs
 from bot.jobs import BackgroundJobs
-from bot.scheduler import JOB_TABLE, SharedSQLAlchemyJobStore
 from sandbox.driver import SlackDriver
 from sandbox.harness import SIGNING_SECRET, LocalBot
 from storage.db import Database
@@ -94,34 +92,6 @@ def test_held_jobs_start_anyway_when_the_response_is_never_written(monkeypatch: 
     held.result(timeout=2)
     assert started[0] >= 0.3
     background.shutdown()
-
-
-def test_scheduler_polling_reads_do_not_wait_for_a_writer(database_url: str) -> None:
-    db = Database(database_url)
-    store = SharedSQLAlchemyJobStore(engine=db.engine, tablename=JOB_TABLE)
-    store.jobs_t.create(db.engine, checkfirst=True)
-    writing, done = threading.Event(), threading.Event()
-
-    def long_write() -> None:
-        with db.session() as session:
-            session.execute(text(f"INSERT INTO {JOB_TABLE} (id, next_run_time, job_state) VALUES ('x', 1, :state)"),
-                            {"state": b"\x00"})
-            writing.set()
-            done.wait(10)
-
-    writer = threading.Thread(target=long_write)
-    writer.start()
-    try:
-        assert writing.wait(5)
-        started = time.monotonic()
-        assert store.get_next_run_time() is None  # the writer's row is not committed
-        assert store.get_due_jobs(datetime.now(UTC) + timedelta(days=1)) == []
-        # On SQLite the stock store's reads begin IMMEDIATE and would wait out the 2 s busy timeout here.
-        assert time.monotonic() - started < 1.0
-    finally:
-        done.set()
-        writer.join()
-        db.dispose()
 
 
 def test_sqlite_commits_leave_checkpointing_to_the_background(tmp_path: Path) -> None:

@@ -543,12 +543,9 @@ def test_the_scheduler_posts_at_the_due_time(bot: LocalBot) -> None:
     assert "근본 원인 분석 (RCA)" in message["text"] and "사건이 등록된 지 2초 지났습니다" in message["text"]
     [rca] = rows(bot, "rca_kickoff")
     assert rca.sent_at is not None and rca.sent_at - rca.due_at < timedelta(seconds=5) and not rca.late
-    with bot.ctx.db.session() as session:
-        from sqlalchemy import text
-
-        # The job lived in the shared job table and is gone once run.
-        assert session.execute(text("SELECT count(*) FROM scheduler_jobs WHERE id = :id"),
-                               {"id": f"reminder:{rca.id}"}).scalar() == 0
+    # The timer job lived in this process's scheduler and is gone once run.
+    sched = reminders.scheduler(bot.ctx)
+    assert sched is not None and sched.next_wake(rca.id) is None
 
 
 # ---- action items ---------------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_killed_before_the_due_time_and_restarted_after_delivers_once(
     serves.append(second)
     second.start()
     wait_until(lambda: rca_rows(db)[0].sent_at is not None, 20, f"the late reminder\n{second.log()}")
-    time.sleep(1)  # the job loaded from the shared job table and the start sweep both ran by now
+    time.sleep(1)  # the start sweep and the runtime's sweep thread both had their chance by now
     texts = [m["text"] for m in slack.thread(CHANNEL, thread_ts)]
     assert len(texts) == 1, texts
     assert texts[0].startswith(LATE) and "근본 원인 분석 (RCA)" in texts[0]
@@ -195,19 +195,19 @@ def test_two_serve_processes_on_one_database_deliver_each_reminder_once(
         pair = [Serve(slack, database_url, tmp_path, f"{name}{round_}", RCA_REMINDER_AFTER="3s") for name in "ab"]
         serves.extend(pair)
         for serve in pair:
-            serve.launch()  # together: both run migrations and create the job table at the same moment
+            serve.launch()  # together: both run migrations and rebuild their timers at the same moment
         return [serve.wait_healthy() for serve in pair]
 
     def all_sent() -> bool:
         return all(r.sent_at is not None for r in rca_rows(db))
 
-    # Both running: each opens an incident; their schedulers share one job table.
+    # Both running: each opens an incident; each process's timers are its own, the reminders table is shared.
     pair = start_pair(1)
     threads = [open_incident(slack, db, pair[i], f"복제본 테스트 {i}") for i in range(2)]
     wait_until(all_sent, 20, f"two reminders\n{pair[0].log()}\n{pair[1].log()}")
 
-    # Both crash before the next two are due, and come back together after: both start sweeps and both
-    # schedulers (which load the same jobs from the shared table) go for the same rows at once.
+    # Both crash before the next two are due, and come back together after: both start sweeps go for the same
+    # rows at once (the timers rebuilt from the reminders table hold only what still lies ahead).
     threads += [open_incident(slack, db, pair[i], f"복제본 테스트 {i + 2}") for i in range(2)]
     for serve in pair:
         serve.kill()
