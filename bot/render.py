@@ -53,9 +53,21 @@ def clip_slack(text: str, limit: int, tail: str = "…") -> str:
     return (text[:cut].rstrip() + tail) if tail else text[:cut]
 
 
+# A `&` that would start a character reference (`&lt;`, `&#60;`, `&#x3C;`); any other `&` is literal in Markdown.
+_CHARACTER_REFERENCE = re.compile(r"&(?=#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-9]{1,31};)")
+# A `>` first on a line opens a block quote.
+_LEADING_QUOTE = re.compile(r"^(\s*)>")
+
+
 def markdown_escape(value: object) -> str:
-    """Inline Markdown: entities for HTML-significant characters, which every renderer decodes."""
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text in a Markdown file, by Markdown's rules rather than Slack's: `<` becomes `&lt;`, so nothing typed
+    opens an HTML tag or an autolink, and `&` only where it would start a character reference, so what was
+    typed is what shows. `>` stays `>` (`850ms > 200ms`): it starts no HTML, and a block quote only at the
+    start of a line, which `markdown_line` and `report.markdown_block` escape."""
+    text = str(value)
+    if "&" in text:
+        text = _CHARACTER_REFERENCE.sub("&amp;", text)
+    return text.replace("<", "&lt;")
 
 
 def markdown_cell(value: object) -> Markup:
@@ -66,8 +78,10 @@ def markdown_cell(value: object) -> Markup:
 
 
 def markdown_line(value: object) -> Markup:
-    """A list item or a heading: newlines would start new blocks, so they fold into spaces."""
-    return Markup(re.sub(r"\s*[\r\n]+\s*", " ", markdown_escape("" if value is None else value)))
+    """A list item or a heading: newlines would start new blocks, so they fold into spaces, and a leading `>`
+    would open a block quote, so it is escaped."""
+    line = re.sub(r"\s*[\r\n]+\s*", " ", markdown_escape("" if value is None else value))
+    return Markup(_LEADING_QUOTE.sub("\\1\\\\>", line))
 
 
 def slack_line(value: object) -> Markup:

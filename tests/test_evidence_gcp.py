@@ -26,6 +26,8 @@ from bot.evidence.gcp import (
     stream_request_logs,
     verify_rollback_live,
 )
+from bot.evidence.service import GcpClients
+from bot.settings import load_settings
 from sandbox.gcp import CanaryScenario, GcpSandbox
 
 ENTRIES_LIST = "/v2/entries:list"
@@ -331,22 +333,25 @@ def test_unknown_filter_clause_is_rejected(sandbox: GcpSandbox, sc: CanaryScenar
 # -- rollback verification ------------------------------------------------------------------------
 
 
-def _verify(sandbox: GcpSandbox, log_client: Any, run_client: Any) -> Any:
+def _verify(sandbox: GcpSandbox) -> tuple[Any, list[EvidenceError]]:
+    """The production verification, with the app's own client holder built from settings for the sandbox."""
     sc = sandbox.scenario
-    return verify_rollback_live(logging_client=log_client, run_client=run_client, project=sc.project,
-                                region=sc.region, service=sc.service, now=sc.post_end, since=sc.window_end,
-                                error_rate_max=0.005, p95_max_ms=200.0, health_timeout=2)
+    settings = load_settings({"GCP_PROJECT": sc.project, "CLOUD_RUN_REGION": sc.region,
+                              "CLOUD_LOGGING_API_URL": sandbox.base_url, "CLOUD_RUN_API_URL": sandbox.base_url})
+    live = verify_rollback_live(clients=GcpClients(settings), project=sc.project, region=sc.region,
+                                service=sc.service, now=sc.post_end, since=sc.window_end,
+                                error_rate_max=0.005, p95_max_ms=200.0)
+    return live.result, live.failures
 
 
-def test_verify_fails_before_rollback_and_passes_after(sandbox: GcpSandbox, log_client: Any,
-                                                       run_client: Any) -> None:
-    before, failures = _verify(sandbox, log_client, run_client)
+def test_verify_fails_before_rollback_and_passes_after(sandbox: GcpSandbox) -> None:
+    before, failures = _verify(sandbox)
     assert failures == [] and not before.all_passed
     assert {c.name for c in before.checks if not c.passed} == {"traffic", "canary_traffic", "error_rate", "p95"}
     assert before.check("canary_traffic").measured == 10
 
     sandbox.set_rolled_back(True)
-    after, failures = _verify(sandbox, log_client, run_client)
+    after, failures = _verify(sandbox)
     assert failures == [] and after.all_passed, after.to_dict()
     sc = sandbox.scenario
     healthy = _expected_stats(_request_entries(sc, sc.window_end, sc.post_end))[sc.stable_revision]
@@ -354,5 +359,5 @@ def test_verify_fails_before_rollback_and_passes_after(sandbox: GcpSandbox, log_
     assert after.check("traffic").revision == sc.stable_revision and after.check("health").measured == 200
 
     sandbox.health_status = 500
-    unhealthy, _ = _verify(sandbox, log_client, run_client)
+    unhealthy, _ = _verify(sandbox)
     assert [c.name for c in unhealthy.checks if not c.passed] == ["health"]

@@ -221,7 +221,7 @@ def test_mentions_in_titles_and_replies_arrive_escaped_everywhere(bot: LocalBot)
     assert len(rows) == 1, rows  # the newline did not end the row
     row = rows[0]
     assert row.count(" | ") == 2 and "\\|" in row  # the pipe did not split the cell
-    assert "&lt;!here&gt;" in row
+    assert "&lt;!here>" in row
 
 
 def test_ack_is_fast_while_slack_is_slow(bot: LocalBot) -> None:

@@ -499,10 +499,10 @@ def test_user_text_cannot_mention_anyone_or_break_the_document(bot: LocalBot) ->
     message = thread_message(bot, thread_ts, "ping")
     assert "ping &lt;!channel&gt; | a&amp;b" in message["text"]
     document = report(bot)
-    assert "| P1 | ping &lt;!channel&gt; \\| a&amp;b | Gitco | - | [  ] |" in document
+    assert "| P1 | ping &lt;!channel> \\| a&b | Gitco | - | [  ] |" in document
     assert "1. **@channel 왜?**\n   - @lemun 가 봤다 | 표\n" in document
     assert "\\# 제목이 아님\n\\```\n닫히지 않은 코드" in document
-    assert "| 표를 \\| 깨는<br>줄바꿈 &lt;!here&gt; | Sena |" in document
+    assert "| 표를 \\| 깨는<br>줄바꿈 &lt;!here> | Sena |" in document
     table = document.split("| 시간 | 이벤트 | 담당자 |")[1].split("\n\n")[0]
     assert all(line.startswith("|") and line.endswith("|") for line in table.strip().split("\n"))
     with bot.ctx.db.session() as session:

@@ -87,7 +87,7 @@ def test_pin_puts_an_alert_from_before_the_open_on_the_timeline(clocked: tuple[L
     bot.driver.command("/postmortem", "report")
     bot.settle()
     [file] = bot.slack.files()
-    assert "| 14:15 | 📌 [ALERT] ion-api-canary p95 &gt; 200ms | Monitoring |" in file["content"].decode()
+    assert "| 14:15 | 📌 [ALERT] ion-api-canary p95 > 200ms | Monitoring |" in file["content"].decode()
 
 
 def test_pinning_a_recorded_reply_highlights_it_without_a_second_event(bot: LocalBot) -> None:
@@ -248,7 +248,7 @@ def test_the_guides_incident_from_reactions_gives_the_reports_durations(
     assert "- **감지 시간**: 14:35 UTC (20분 후)" in document
     assert "- **복구 시간**: 14:38 UTC (3분)" in document
     assert "- **총 영향 시간**: 23분" in document
-    assert "| 14:15 | 📌 [ALERT] p95 &gt; 200ms | Monitoring |" in document
+    assert "| 14:15 | 📌 [ALERT] p95 > 200ms | Monitoring |" in document
     assert "| 14:38 | 복구(롤백 완료) 시점 기록: 14:38 UTC | Gitco |" in document
     assert public_id in document
 

@@ -4,6 +4,7 @@ escaping for Markdown, times in INCIDENT_TIMEZONE with dates, the English versio
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy import select, update
 
 import app
 from bot.clock import ManualClock
-from bot.render import markdown_cell
+from bot.render import markdown_cell, markdown_escape, markdown_line
 from bot.report import _cell, markdown_block, markdown_strong, render_report
 from bot.settings import load_settings
 from sandbox.harness import LocalBot
@@ -42,7 +43,7 @@ def test_fast_cell_escaping_matches_the_renderers(text: str) -> None:
 def test_free_text_cannot_break_the_documents_structure() -> None:
     text = "# 제목\n  ## 둘\n---\n===\n```python\n~~~\n- 목록은 그대로\n**강조**도 그대로 <b>&"
     assert str(markdown_block(text)) == (
-        "\\# 제목\n  \\## 둘\n\\---\n\\===\n\\```python\n\\~~~\n- 목록은 그대로\n**강조**도 그대로 &lt;b&gt;&amp;")
+        "\\# 제목\n  \\## 둘\n\\---\n\\===\n\\```python\n\\~~~\n- 목록은 그대로\n**강조**도 그대로 &lt;b>&")
     assert str(markdown_strong("a **b** _c_\nd")) == "a \\*\\*b\\*\\* \\_c\\_ d"
 
 
@@ -215,7 +216,7 @@ def test_times_are_local_with_dates_when_the_incident_spans_days(bot: LocalBot) 
 def test_the_demo_fills_every_section_in_both_languages(tmp_path: Path) -> None:
     from sandbox.demo import run_demo
 
-    assert run_demo(output_dir=str(tmp_path), out=io.StringIO()) == 0
+    assert run_demo(app.build_runtime, output_dir=str(tmp_path), out=io.StringIO()) == 0
     korean = (tmp_path / "INCIDENT-20251022-001-postmortem.md").read_text(encoding="utf-8")
     english = (tmp_path / "INCIDENT-20251022-001-postmortem.en.md").read_text(encoding="utf-8")
     for document, sections, todo in ((korean, SECTIONS_KO, "작성 필요"), (english, SECTIONS_EN, "to be filled in")):
@@ -234,3 +235,53 @@ def test_the_demo_fills_every_section_in_both_languages(tmp_path: Path) -> None:
     # Error rate and P95 come from the captured evidence (measured), the rest from the meeting's commands.
     assert "- **에러율**: " in korean and "배 증가) _(증거에서 측정)_" in korean
     assert "- **Affected users**: about 500 (1% of all users)" in english
+
+
+# -- escaping by Markdown's rules, not Slack's ----------------------------------------------------------------
+
+
+def _cells(row: str) -> list[str]:
+    """A table row split the way GFM splits it: a `|` after a backslash does not end the cell."""
+    return re.findall(r"\|((?:\\.|[^\\|])*)(?=\|)", row)
+
+
+def test_markdown_escaping_follows_markdowns_rules() -> None:
+    assert str(markdown_cell("p95 850ms > 200ms")) == "p95 850ms > 200ms"
+    # `<` can open no tag or autolink; a `&` is escaped only where it would start a character reference.
+    assert markdown_escape("AT&T <b>x</b> <https://a.io> &lt; &#60; &#x3C; & ;") == (
+        "AT&T &lt;b>x&lt;/b> &lt;https://a.io> &amp;lt; &amp;#60; &amp;#x3C; & ;")
+    # A `>` first on a line would open a block quote; elsewhere it is just a `>`.
+    assert str(markdown_line("> 인용\n아님 > 0")) == "\\> 인용 아님 > 0"
+    assert str(markdown_block("첫 줄\n  > 인용\n아님 > 0")) == "첫 줄\n  \\> 인용\n아님 > 0"
+    assert _cells(str(markdown_cell("a | b\nc \\| d"))) == []  # no `|` of its own: one cell's content
+    assert _cells("| " + str(markdown_cell("a | b\nc \\| d")) + " | x |") == [" a \\| b<br>c \\\\\\| d ", " x "]
+
+
+def test_the_report_shows_comparisons_as_written_and_typed_html_as_text(bot: LocalBot) -> None:
+    _, thread_ts = open_incident(bot)
+    # Slack delivers a typed `&`, `<` and `>` as entities; the app stores what was typed.
+    bot.driver.say(CHANNEL, "U0MONITOR", "[ALERT] ion-api p95 응답시간 850ms &gt; 200ms", thread_ts=thread_ts)
+    typed = ("&lt;script&gt;alert(1)&lt;/script&gt; | 둘째\n"
+             "&lt;img src=x onerror=alert(1)&gt; &lt;b&gt;굵게&lt;/b&gt; R&amp;D")
+    bot.driver.say(CHANNEL, "U0LEMUN", typed, thread_ts=thread_ts)
+    bot.settle()
+    for command in ('action P1 "&lt;b&gt;굵게&lt;/b&gt; | 칸" <@U0GITCO|gitco>',
+                    "lesson 조기 경보 → P95 &gt; 200ms 임계값이 좋은 조기 경보 역할",
+                    "root-cause &lt;script&gt;x&lt;/script&gt;\n&gt; 인용이 아님"):
+        _pm(bot, command)
+    _pm(bot, "report")
+    [upload] = bot.slack.files()
+    document = upload["content"].decode()
+
+    assert "&gt;" not in document
+    assert "| [ALERT] ion-api p95 응답시간 850ms > 200ms |" in document
+    assert "   - P95 > 200ms 임계값이 좋은 조기 경보 역할\n" in document
+    # Nothing typed opens an HTML tag, a comment or an autolink; `<br>` is the report's own line break in a cell.
+    assert re.findall(r"<(?!br>)[A-Za-z/!?]", document) == []
+    [row] = [line for line in document.splitlines() if "alert(1)" in line]
+    assert ("&lt;script>alert(1)&lt;/script> \\| 둘째<br>&lt;img src=x onerror=alert(1)> &lt;b>굵게&lt;/b> R&D"
+            in row)
+    assert len(_cells(row)) == 3, row  # time, event, who: the `|` and the newline stayed inside the cell
+    [action] = [line for line in document.splitlines() if line.startswith("| P1 |")]
+    assert action == "| P1 | &lt;b>굵게&lt;/b> \\| 칸 | Gitco | - | [  ] |" and len(_cells(action)) == 5
+    assert "## 근본 원인\n&lt;script>x&lt;/script>\n\\> 인용이 아님\n" in document

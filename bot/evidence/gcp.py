@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import google.auth
 import requests
@@ -36,6 +36,7 @@ from bot.evidence.analysis import (
     RequestLogAggregator,
     RequestLogSummary,
     RevisionLabel,
+    RevisionStats,
     affected_endpoints,
     endpoint_path,
     error_onset,
@@ -523,10 +524,29 @@ def _analyse(bundle: EvidenceBundle) -> None:
 # -- rollback verification against live data --------------------------------------------------------
 
 
+class GcpClientSource(Protocol):
+    """Where the Google clients come from (``service.GcpClients`` in the app). Building one may fail, for
+    instance without credentials: that is the source failing, like any failed fetch."""
+
+    def logging(self) -> cloud_logging.Client: ...
+
+    def run(self) -> run_v2.ServicesClient: ...
+
+
+@dataclass(frozen=True)
+class LiveVerification:
+    """The verdict and what it was based on, so the record and the message show what was measured."""
+
+    result: VerifyResult
+    failures: list[EvidenceError]
+    health_url: str | None
+    service_config: dict[str, Any] | None
+    revisions: dict[str, RevisionStats]
+
+
 def verify_rollback_live(
     *,
-    logging_client: cloud_logging.Client,
-    run_client: run_v2.ServicesClient,
+    clients: GcpClientSource,
     project: str,
     region: str,
     service: str,
@@ -535,29 +555,26 @@ def verify_rollback_live(
     error_rate_max: float,
     p95_max_ms: float,
     health_url: str | None = None,
-    stable_revision: str | None = None,
-    health_timeout: float = 5.0,
-    run_timeout: float = DEFAULT_TIMEOUT,
-) -> tuple[VerifyResult, list[EvidenceError]]:
-    """Fetch config, request stats of [since, now) and /health, then :func:`verify_rollback`.
-    A failed fetch is returned in the list (and makes the affected checks fail), never raised."""
+) -> LiveVerification:
+    """Fetch config, request stats of [since, now) and /health (``health_url``, else the service's own
+    ``<uri>/health``), then :func:`verify_rollback`. A failed fetch is returned in ``failures`` (and makes
+    the affected checks fail), never raised."""
     failures: list[EvidenceError] = []
     config: dict[str, Any] | None = None
     try:
-        config = fetch_service_config(run_client, project, region, service, run_timeout)
-    except EvidenceError as err:
-        failures.append(err)
-    stats: dict[str, Any] = {}
+        config = fetch_service_config(clients.run(), project, region, service)
+    except Exception as exc:  # EvidenceError, or the client could not be built
+        failures.append(classify_exception(exc, "run"))
+    revisions: dict[str, RevisionStats] = {}
     try:
-        stats = dict(fetch_request_summary(logging_client, project, service, since, now).revisions)
-    except EvidenceError as err:
-        failures.append(err)
+        revisions = dict(fetch_request_summary(clients.logging(), project, service, since, now).revisions)
+    except Exception as exc:
+        failures.append(classify_exception(exc, "logging"))
     status: int | None = None
     url = health_url or health_url_for(config)
     if url:
-        status, health_err = check_health(url, health_timeout)
-        if health_err:
-            failures.append(health_err)
-    result = verify_rollback(config, stats, status, error_rate_max=error_rate_max, p95_max_ms=p95_max_ms,
-                             stable_revision=stable_revision)
-    return result, failures
+        status, health_error = check_health(url)
+        if health_error:
+            failures.append(health_error)
+    result = verify_rollback(config, revisions, status, error_rate_max=error_rate_max, p95_max_ms=p95_max_ms)
+    return LiveVerification(result, failures, url, config, revisions)

@@ -25,16 +25,12 @@ from bot.evidence import view
 from bot.evidence.gcp import (
     EvidenceBundle,
     EvidenceError,
-    check_health,
     classify_exception,
     collect_evidence,
-    fetch_request_summary,
-    fetch_service_config,
-    health_url_for,
     make_logging_client,
     make_run_client,
+    verify_rollback_live,
 )
-from bot.evidence.verify import verify_rollback
 from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.render import RenderedMessage
@@ -406,37 +402,19 @@ def verify(ctx: Context, incident_id: int, *, actor: str | None = None, actor_na
     thread = _Thread(ctx, target)
     thread.progress(ctx.say("evidence.verify_progress", service=target.service))
 
-    gcp = clients(ctx)
-    # verify_rollback_live's steps, composed here so the message can name the health URL it called and the
-    # record can keep the traffic it saw.
-    failures: list[EvidenceError] = []
-    config: dict[str, Any] | None = None
-    try:
-        config = fetch_service_config(gcp.run(), settings.gcp_project or "", settings.cloud_run_region or "",
-                                      target.service)
-    except Exception as exc:  # EvidenceError, or the client could not be built (credentials)
-        failures.append(classify_exception(exc, "run"))
-    stats: dict[str, Any] = {}
-    try:
-        stats = dict(fetch_request_summary(gcp.logging(), settings.gcp_project or "", target.service, since,
-                                           now).revisions)
-    except Exception as exc:
-        failures.append(classify_exception(exc, "logging"))
-    health_url = settings.health_url or health_url_for(config)
-    status: int | None = None
-    if health_url:
-        status, health_error = check_health(health_url)
-        if health_error:
-            failures.append(health_error)
-    result = verify_rollback(config, stats, status, error_rate_max=settings.error_rate_max,
-                             p95_max_ms=settings.p95_max_ms)
+    live = verify_rollback_live(
+        clients=clients(ctx), project=settings.gcp_project or "", region=settings.cloud_run_region or "",
+        service=target.service, now=now, since=since, error_rate_max=settings.error_rate_max,
+        p95_max_ms=settings.p95_max_ms, health_url=settings.health_url,
+    )
+    result, failures, health_url = live.result, live.failures, live.health_url
     payload = {
         "kind": "verify", "incident": target.public_id, "run_id": run_id, "service": target.service,
         "project": settings.gcp_project, "region": settings.cloud_run_region,
         "window_start": since.isoformat(), "window_end": now.isoformat(), "health_url": health_url,
         "thresholds": {"error_rate_max": settings.error_rate_max, "p95_max_ms": settings.p95_max_ms},
         "result": result.to_dict(), "failures": [f.to_dict() for f in failures],
-        "traffic_statuses": (config or {}).get("traffic_statuses"), "revisions": stats,
+        "traffic_statuses": (live.service_config or {}).get("traffic_statuses"), "revisions": live.revisions,
     }
     failed = [c.name for c in result.checks if not c.passed]
     with ctx.db.session() as session:
@@ -520,4 +498,4 @@ def on_announced(ctx: Context, incident_id: int) -> None:
 
 def install(ctx: Context) -> None:
     clients(ctx)
-    ctx.hook("on_announced", on_announced)
+    ctx.hooks.on_announced.register(on_announced)
