@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -16,15 +17,18 @@ from slack_bolt import App
 from sqlalchemy.exc import SQLAlchemyError
 
 import handlers
-from bot import incidents
+from bot import access, incidents, lifecycle, postmortem, reminders, report
 from bot.clock import Clock, SystemClock
 from bot.context import Context, set_current
+from bot.evidence import service as evidence
 from bot.jobs import BackgroundJobs
+from bot.logsetup import configure_logging
 from bot.ports import Messenger
 from bot.render import Renderer
 from bot.settings import Settings, SettingsError, load_settings
 from handlers import guards
 from handlers.messenger import SlackMessenger, make_web_client
+from sandbox.demo import run_demo
 from storage import migrate
 from storage.db import Database
 
@@ -48,7 +52,7 @@ class Runtime:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
-        self.ctx.fire("on_start")
+        self.ctx.hooks.on_start.fire()
         self._every("incident-bot-sweep", self.sweep_interval, self.sweep)
         if self.ctx.db.dialect == "sqlite":
             self._every("incident-bot-checkpoint", CHECKPOINT_INTERVAL_SECONDS, self.ctx.db.checkpoint)
@@ -56,7 +60,7 @@ class Runtime:
     def sweep(self) -> None:
         """Retries what Slack refused earlier; the database holds what is pending, so nothing is lost."""
         incidents.retry_pending_announcements(self.ctx)
-        self.ctx.fire("on_sweep")
+        self.ctx.hooks.on_sweep.fire()
 
     def _every(self, name: str, interval: float, work: Callable[[], None]) -> None:
         """Runs `work` every `interval` seconds on its own daemon thread until stop(); a failure waits for the next."""
@@ -74,7 +78,7 @@ class Runtime:
 
     def stop(self) -> None:
         self._stop.set()
-        self.ctx.fire("on_stop")
+        self.ctx.hooks.on_stop.fire()
         self.ctx.jobs.wait_idle(timeout=10)
         self.ctx.jobs.shutdown()
 
@@ -101,23 +105,7 @@ def build_context(settings: Settings, *, clock: Clock | None = None, messenger: 
 
 def _feature_installers() -> list[Callable[[Context], None]]:
     """Domains that hook into open/announce/start/sweep register themselves here."""
-    installers: list[Callable[[Context], None]] = []
-    from bot import reminders
-
-    installers.append(reminders.install)
-    from bot import lifecycle
-
-    installers.append(lifecycle.install)
-    from bot import postmortem
-
-    installers.append(postmortem.install)
-    from bot.evidence import service as evidence
-
-    installers.append(evidence.install)
-    from bot import access
-
-    installers.append(access.install)
-    return installers
+    return [reminders.install, lifecycle.install, postmortem.install, evidence.install, access.install]
 
 
 def build_bolt_app(ctx: Context) -> App:
@@ -195,9 +183,7 @@ def tune_for_acks() -> None:
 
 
 def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
-    from gunicorn.app.base import BaseApplication
-
-    from bot.logsetup import configure_logging
+    from gunicorn.app.base import BaseApplication  # the server is needed by `serve` only
 
     # In the master too, so migrations and gunicorn's own lines are JSON; the worker inherits it.
     configure_logging(settings.log_level, secrets=settings.secrets())
@@ -226,8 +212,6 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
             self.cfg.set("worker_exit", lambda _arbiter, _worker: Server.runtime and Server.runtime.stop())
 
         def load(self) -> Callable[..., Iterable[bytes]]:
-            from bot.logsetup import configure_logging
-
             configure_logging(settings.log_level, secrets=settings.secrets())
             runtime = build_runtime(settings, apply_migrations=False)
             Server.runtime = runtime
@@ -240,7 +224,7 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_socket(settings: Settings, _args: argparse.Namespace) -> int:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
+    from slack_bolt.adapter.socket_mode import SocketModeHandler  # its WebSocket client is needed by `socket` only
 
     runtime = build_runtime(settings)
     runtime.start()
@@ -257,7 +241,10 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
-    from bot import report
+    """Reads only: it never creates or migrates a database, so it cannot leave an empty one behind."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import make_url
 
     class _Offline:
         """The report reads only the database; nothing here may talk to Slack."""
@@ -267,15 +254,34 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         def __getattr__(self, name: str) -> Any:
             raise RuntimeError(f"offline report cannot call Slack ({name})")
 
+    url = make_url(settings.database_url)
+    where = url.render_as_string(hide_password=True)
+    path = url.database or ""
+    sqlite_file = url.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
+    if sqlite_file and not os.path.isfile(path):  # SQLite's first connect would create it
+        print(f"incident-bot: no database at {where} (set DATABASE_URL)", file=sys.stderr)
+        return 1
     ctx = build_context(settings, messenger=_Offline())  # type: ignore[arg-type]
-    migrate.upgrade(ctx.db.engine)
-    with ctx.db.session() as session:
-        incident = incidents.find_by_public_id(session, args.incident_id)
-        if incident is None:
-            print(f"incident-bot: no incident {args.incident_id}", file=sys.stderr)
+    try:
+        with ctx.db.engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+        head = set(ScriptDirectory.from_config(migrate.alembic_config(ctx.db.engine)).get_heads())
+        if current != head:
+            print(f"incident-bot: the database at {where} is not at the current schema "
+                  "(run `incident-bot migrate` first)", file=sys.stderr)
             return 1
-        incident_id = incident.id
-    text = report.render_report(ctx, incident_id, args.locale or settings.locale)
+        with ctx.db.read() as session:
+            incident = incidents.find_by_public_id(session, args.incident_id)
+            if incident is None:
+                print(f"incident-bot: no incident {args.incident_id}", file=sys.stderr)
+                return 1
+            incident_id = incident.id
+        text = report.render_report(ctx, incident_id, args.locale or settings.locale)
+    except SQLAlchemyError as error:
+        print(f"incident-bot: cannot read the database at {where} ({type(error).__name__})", file=sys.stderr)
+        return 1
+    finally:
+        ctx.db.dispose()
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -285,24 +291,33 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from sandbox.demo import run_demo
-
-    return run_demo(output_dir=args.output_dir, locale=args.locale)
+    return run_demo(build_runtime, output_dir=args.output_dir, locale=args.locale)
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="incident-bot", description=__doc__)
-    sub = root.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="HTTP mode for production (gunicorn, $PORT)")
-    sub.add_parser("socket", help="Socket Mode for local development (needs SLACK_APP_TOKEN)")
-    sub.add_parser("migrate", help="apply database migrations")
-    demo = sub.add_parser("demo", help="offline end-to-end run against the local sandboxes")
-    demo.add_argument("--output-dir", default="out", help="where the report and transcript are written")
-    demo.add_argument("--locale", choices=("ko", "en"), default=None)
-    rep = sub.add_parser("report", help="render an incident's post-mortem from the database")
-    rep.add_argument("incident_id")
-    rep.add_argument("--locale", choices=("ko", "en"), default=None)
-    rep.add_argument("-o", "--output", default=None)
+    # One line of help each: argparse wraps at 80 columns with the help column at 24, so at most 56 characters.
+    root = argparse.ArgumentParser(prog="incident-bot",
+                                   description="Slack bot for failed Cloud Run canary deployments.",
+                                   epilog="Settings come from the environment; see the README.")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", help="serve Slack over HTTP (production, port $PORT)",
+                   description="Serve /slack/events and /healthz with gunicorn on $PORT; migrates first.")
+    sub.add_parser("socket", help="Socket Mode for local use (needs SLACK_APP_TOKEN)",
+                   description="Connect to Slack over Socket Mode (local development).")
+    sub.add_parser("migrate", help="apply the database migrations",
+                   description="Bring the database at DATABASE_URL to the current schema.")
+    demo = sub.add_parser("demo", help="replay the guide's incident offline, write a report",
+                          description="Replay the guide's failed canary against local sandboxes, offline.")
+    demo.add_argument("--output-dir", default="out", metavar="DIR",
+                      help="where the report, transcript and database go")
+    demo.add_argument("--locale", choices=("ko", "en"), default=None,
+                      help="language of the run (default: $INCIDENT_LOCALE)")
+    rep = sub.add_parser("report", help="print an incident's post-mortem from the database",
+                         description="Render a post-mortem from the database at DATABASE_URL (read only).")
+    rep.add_argument("incident_id", metavar="INCIDENT_ID", help="the incident's ID, e.g. INCIDENT-20251022-001")
+    rep.add_argument("--locale", choices=("ko", "en"), default=None,
+                     help="language of the report (default: $INCIDENT_LOCALE)")
+    rep.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
     return root
 
 
@@ -322,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"incident-bot: {error}", file=sys.stderr)
         return 2
+    # The token lives in `settings` from here on. Bolt's App reads SLACK_BOT_TOKEN from the environment by itself
+    # and, beside the client build_bolt_app hands it, warns that the token "will be unused".
+    os.environ.pop("SLACK_BOT_TOKEN", None)
     return COMMANDS[args.command](settings, args)
 
 

@@ -10,21 +10,32 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot import reminders
+from bot.checklist import GROUPS
 from bot.clock import ManualClock
 from bot.render import slack_unescape
 from sandbox.gcp import CanaryScenario, GcpSandbox
-from sandbox.harness import LocalBot
+from sandbox.loopback import LocalBot, RuntimeBuilder
 from sandbox.slack import SlackSandbox
 
 CHANNEL = "C0INCIDENTS"
 DAY = datetime(2025, 10, 22, tzinfo=UTC)
 SENA, LEMUN, GITCO, LUBIT, MONITOR = "U0SENA", "U0LEMUN", "U0GITCO", "U0LUBIT", "U0MONITOR"
+INCIDENT_ID = "INCIDENT-20251022-001"
+DATABASE_FILE = "demo.db"  # kept beside the report, so `incident-bot report` can read it afterwards
+# What a run writes besides the files uploaded to Slack. A new run removes these and the files listed by the last
+# run's demo.json, and nothing else: the output directory may be one the user also keeps other files in.
+OWN_FILES = (
+    "transcript.txt", "demo.json", DATABASE_FILE, f"{DATABASE_FILE}-wal", f"{DATABASE_FILE}-shm",
+    f"{INCIDENT_ID}-postmortem.md", f"{INCIDENT_ID}-postmortem.ko.md", f"{INCIDENT_ID}-postmortem.en.md",
+)
 
 
 def at(hhmm: str, days_later: int = 0) -> datetime:
@@ -43,12 +54,17 @@ class Transcript:
         self._responses_seen = 0
         self.names = {SENA: "Sena", LEMUN: "Lemun", GITCO: "Gitco", LUBIT: "Lubit", MONITOR: "Monitoring"}
 
+    def say(self, key: str, **params: Any) -> str:
+        """The frame's words in the bot's language (templates/<locale>/messages/demo.j2), as plain text."""
+        return slack_unescape(self.bot.ctx.renderer.say(f"demo.{key}", self.bot.ctx.settings.locale, **params))
+
     def emit(self, text: str = "") -> None:
         self.lines.append(text)
         print(text, file=self.out)
 
-    def heading(self, clock: ManualClock, title: str) -> None:
+    def heading(self, clock: ManualClock, scene: str) -> None:
         self.emit()
+        title = self.say(scene)
         now = clock.now()
         stamp = now.strftime("%H:%M") if now.date() == DAY.date() else now.strftime("%Y-%m-%d %H:%M")
         self.emit(f"── {stamp} UTC · {title} " + "─" * max(0, 60 - len(title)))
@@ -57,9 +73,19 @@ class Transcript:
         place = f" {where}" if where else ""
         self.emit(f"👤 {self.names.get(user, user)}{place}: {text}")
 
+    def excerpt(self, channel: str, ts: str, limit: int = 48) -> tuple[str, str]:
+        """(author, first line clipped) of a message, so a reaction says which message it was on."""
+        message = self.bot.slack.message(channel, ts) or {}
+        author = self.names.get(str(message.get("user", "")), str(message.get("user", "?")))
+        first = (slack_unescape(str(message.get("text", ""))).strip().splitlines() or [""])[0]
+        return author, first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
+
     def block(self, prefix: str, text: str) -> None:
         body = slack_unescape(text).strip()
-        lines = body.splitlines() or [""]
+        if not body:  # a file without a comment: no dangling ": " caption
+            self.emit(prefix.rstrip().removesuffix(":"))
+            return
+        lines = body.splitlines()
         self.emit(f"{prefix}{lines[0]}")
         indent = " " * (len(prefix) - len(prefix.lstrip()) + 4)
         for line in lines[1:]:
@@ -71,7 +97,7 @@ class Transcript:
         except ValueError:
             text = response.text
         if text:
-            self.block("   ↳ (나에게만 보임) ", text)
+            self.block(f"   ↳ {self.say('only_you')} ", text)
 
     def flush(self) -> None:
         """Prints what the app did since the last flush, in the order Slack saw it."""
@@ -82,27 +108,28 @@ class Transcript:
                 continue
             args = call.args
             if call.method == "chat.postMessage":
-                where = "스레드" if args.get("thread_ts") else "#critical-incidents"
+                where = self.say("thread") if args.get("thread_ts") else "#critical-incidents"
                 self.block(f"🤖 incident-bot ({where}): ", args.get("text", ""))
             elif call.method == "chat.update":
                 first = slack_unescape(args.get("text", "")).strip().splitlines()[0:1]
-                self.emit(f"✏️  incident-bot이 메시지를 고쳤습니다: {first[0] if first else ''}")
+                self.emit(f"✏️  {self.say('bot_edited', first_line=first[0] if first else '')}")
             elif call.method == "chat.postEphemeral":
-                self.block("   ↳ (나에게만 보임) ", args.get("text", ""))
+                self.block(f"   ↳ {self.say('only_you')} ", args.get("text", ""))
             elif call.method == "reactions.add":
-                self.emit(f"   ↳ incident-bot 반응 :{args.get('name')}:")
+                self.emit(f"   ↳ {self.say('bot_reacted', emoji=args.get('name'))}")
             elif call.method == "files.completeUploadExternal":
                 files = args.get("files")
                 titles = [f.get("title") for f in files] if isinstance(files, list) else [files]
                 comment = args.get("initial_comment") or ""
-                self.block(f"📎 incident-bot (스레드) 파일 {', '.join(map(str, titles))}: ", comment)
+                where = self.say("thread")
+                self.block(f"📎 {self.say('bot_file', where=where, names=', '.join(map(str, titles)))}: ", comment)
             elif call.method == "views.open":
-                self.emit("🪟 incident-bot이 입력 창을 열었습니다")
+                self.emit(f"🪟 {self.say('bot_opened_form')}")
         self._calls_seen = len(calls)
         responses = self.bot.slack.responses()
         for response in responses[self._responses_seen:]:
             if response.get("text"):
-                self.block("   ↳ (나에게만 보임) ", response["text"])
+                self.block(f"   ↳ {self.say('only_you')} ", response["text"])
         self._responses_seen = len(responses)
 
 
@@ -118,9 +145,9 @@ class Scenario:
     def driver(self) -> Any:
         return self.bot.driver
 
-    def at(self, hhmm: str, title: str, days_later: int = 0) -> None:
+    def at(self, hhmm: str, scene: str, days_later: int = 0) -> None:
         self.clock.set(at(hhmm, days_later))
-        self.t.heading(self.clock, title)
+        self.t.heading(self.clock, scene)
 
     def command(self, user: str, command: str, text: str) -> Any:
         self.t.person(user, f"{command} {text}")
@@ -130,26 +157,58 @@ class Scenario:
         return response
 
     def say(self, user: str, text: str, *, thread: bool = True) -> str:
-        self.t.person(user, text, "(스레드)" if thread else "(#critical-incidents)")
+        self.t.person(user, text, f"({self.t.say('thread')})" if thread else "(#critical-incidents)")
         message, _ = self.driver.say(CHANNEL, user, text, thread_ts=self.thread_ts if thread else None)
         self.t.flush()
         return str(message["ts"])
 
     def react(self, user: str, ts: str, emoji: str) -> None:
-        self.t.person(user, f":{emoji}: 반응")
+        author, excerpt = self.t.excerpt(CHANNEL, ts)
+        self.t.person(user, self.t.say("reacted", emoji=emoji, author=author, excerpt=excerpt))
         self.driver.react(CHANNEL, ts, user, emoji)
         self.t.flush()
 
-    def remind(self) -> None:
-        """Delivers what has fallen due on the scenario clock, as the scheduler would in real time."""
-        from bot import reminders
-
+    def remind(self, when_nothing: str | None = None) -> None:
+        """Delivers what has fallen due on the scenario clock, as the scheduler would in real time;
+        `when_nothing` says why a scene where nothing is posted is there."""
+        before = len(self.t.lines)
         reminders.deliver_due(self.bot.ctx)
         self.t.flush()
+        if when_nothing and len(self.t.lines) == before:
+            self.t.emit(f"ℹ️  {self.t.say(when_nothing)}")
 
 
-def run_demo(output_dir: str = "out", locale: str | None = None, out: TextIO | None = None) -> int:
+def other_locale(locale: str) -> str:
+    return "en" if locale == "ko" else "ko"
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    names = set(OWN_FILES)
+    try:
+        previous = json.loads((output_dir / "demo.json").read_text(encoding="utf-8"))
+        names.update(Path(path).name for path in previous.get("files", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no earlier run, or a manifest that is not ours: only the fixed names go
+    for name in names:
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def report_command(database: Path, locale: str) -> str:
+    """The command line that renders the demo's report again from its database, from any directory."""
+    installed = Path(sys.prefix) / "bin" / "incident-bot"  # the demo's own venv, active or not
+    program = str(installed) if installed.exists() else "incident-bot"
+    url = f"sqlite:///{database.resolve()}"
+    return f"DATABASE_URL={shlex.quote(url)} {shlex.quote(program)} report {INCIDENT_ID} --locale {locale}"
+
+
+def run_demo(build_runtime: RuntimeBuilder, output_dir: str = "out", locale: str | None = None,
+             out: TextIO | None = None) -> int:
+    """Runs the scenario against the app `build_runtime` makes (app.py passes its own)."""
     out = out or sys.stdout
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    clear_previous_run(output)
+    database = (output / DATABASE_FILE).resolve()
     clock = ManualClock(at("13:55"))
     scenario_data = CanaryScenario(deployed_at=at("14:00"), duration=timedelta(minutes=38), seed=20251022)
     env = {
@@ -163,27 +222,28 @@ def run_demo(output_dir: str = "out", locale: str | None = None, out: TextIO | N
     with GcpSandbox(scenario_data) as gcp:
         env["CLOUD_LOGGING_API_URL"] = gcp.base_url
         env["CLOUD_RUN_API_URL"] = gcp.base_url
-        bot = LocalBot(env, clock=clock, slack=slack)
+        bot = LocalBot(env, build_runtime=build_runtime, clock=clock, slack=slack,
+                       database_url=f"sqlite:///{database}")
         bot.start(background=False)
         try:
             transcript = Transcript(bot, out)
             play(Scenario(bot, clock, gcp, transcript))
-            return write_outputs(bot, transcript, Path(output_dir), out)
+            return write_outputs(bot, transcript, output, database, out)
         finally:
             bot.stop()
             slack.stop()
 
 
 def play(s: Scenario) -> None:
-    s.t.emit("incident-bot demo — Phase 4 Canary 배포 실패 (가이드의 시나리오, 2025-10-22)")
-    s.at("14:00", "canary 배포")
+    s.t.emit(s.t.say("title"))
+    s.at("14:00", "scene_deploy")
     s.say(SENA, "Phase 4 canary 배포 시작합니다 (ion-api-00042-xyz, 트래픽 10%)", thread=False)
-    s.at("14:05", "초기 메트릭")
+    s.at("14:05", "scene_initial_metrics")
     s.say(LEMUN, "초기 메트릭 정상입니다", thread=False)
-    s.at("14:15", "모니터링 알림")
+    s.at("14:15", "scene_alert")
     alert_ts = s.say(MONITOR, "[ALERT] ion-api p95 응답시간 850ms > 200ms (canary ion-api-00042-xyz)", thread=False)
 
-    s.at("14:35", "사람이 이상 신호 확인 → 사건 등록")
+    s.at("14:35", "scene_open")
     s.command(LEMUN, "/incident", "open Phase 4 Canary 배포 실패 (응답시간 증가) sev:high service:ion-api")
     s.thread_ts = s.bot.slack.messages(CHANNEL)[-1]["ts"]
     s.react(LEMUN, alert_ts, "pushpin")
@@ -194,29 +254,29 @@ def play(s: Scenario) -> None:
     s.command(SENA, "/incident", f"role devops <@{LUBIT}|lubit>")
     s.command(SENA, "/incident", f"role monitoring <@{LEMUN}|lemun>")
     s.say(LEMUN, "p95 850ms, 에러율 9% 확인. canary 리비전에서만 발생하고 있습니다")
-    s.at("14:35", "롤백 결정")
+    s.at("14:35", "scene_rollback_decided")
     decision = s.say(SENA, "롤백 결정합니다. 트래픽 100% legacy로 돌립니다")
     s.react(SENA, decision, "rewind")
     s.command(SENA, "/incident", "status identified")
-    s.at("14:38", "롤백 완료")
+    s.at("14:38", "scene_rollback_done")
     done = s.say(GITCO, "롤백 완료, 메트릭 정상화 확인")
     s.gcp.set_rolled_back()
     s.react(GITCO, done, "white_check_mark")
 
-    s.at("14:48", "롤백 완료 확인 (Phase 1 Step 1)")
+    s.at("14:48", "scene_verify")
     s.command(LUBIT, "/incident", "verify")
     s.command(SENA, "/incident", "status monitoring")
 
-    s.at("15:05", "RCA 시작 알림 (+30분)")
+    s.at("15:05", "scene_rca")
     s.remind()
-    s.at("16:25", "Post-Mortem 회의 10분 전")
+    s.at("16:25", "scene_meeting_pre")
     s.remind()
-    s.at("16:35", "Post-Mortem 회의 시작")
+    s.at("16:35", "scene_meeting_start")
     s.remind()
     s.command(SENA, "/incident", "status resolved")
     s.command(SENA, "/postmortem", "checklist")
 
-    s.at("16:50", "근본 원인 분석 (5 Whys)")
+    s.at("16:50", "scene_five_whys")
     for why in (
         "왜 응답 시간이 증가했나? → 데이터베이스 쿼리 시간이 400ms 소요",
         "왜 쿼리 시간이 길어졌나? → 400번의 개별 쿼리 발생 (N+1 문제)",
@@ -230,7 +290,7 @@ def play(s: Scenario) -> None:
         "root-cause 추천 엔진의 N+1 쿼리 문제로 인해 응답 시간이 과도하게 증가했습니다. "
         "단일 추천 요청 시 400번의 개별 데이터베이스 쿼리가 발생했습니다.",
     )
-    s.at("17:15", "개선사항 도출 · 액션 아이템 정리")
+    s.at("17:15", "scene_actions")
     s.command(SENA, "/postmortem", f'action P0 "N+1 쿼리 수정 (조인으로 변경)" <@{GITCO}|gitco> due:2d impact:critical')
     s.command(SENA, "/postmortem", f'action P1 "추천 엔진 성능 테스트 추가" <@{GITCO}|gitco> due:1w impact:high')
     s.command(
@@ -256,14 +316,14 @@ def play(s: Scenario) -> None:
     write_conclusion(s)
     tick_checklist(s)
 
-    s.at("18:05", "보고")
-    s.command(SENA, "/postmortem", "report")
-    s.command(SENA, "/postmortem", "report en")
-    s.at("18:10", "회의 이후")
+    s.at("18:05", "scene_report")
+    s.command(SENA, "/postmortem", "report")  # in the configured language: <ID>-postmortem.md
+    s.command(SENA, "/postmortem", f"report {other_locale(s.bot.ctx.settings.locale)}")
+    s.at("18:10", "scene_after_meeting")
+    s.remind(when_nothing="nudge_skipped")
+    s.at("09:00", "scene_action_due", days_later=2)
     s.remind()
-    s.at("09:00", "액션 아이템 기한 (P0, 2일)", days_later=2)
-    s.remind()
-    s.at("09:00", "기한이 지난 액션 아이템", days_later=3)
+    s.at("09:00", "scene_action_overdue", days_later=3)
     s.remind()
 
 
@@ -283,16 +343,14 @@ def write_conclusion(s: Scenario) -> None:
         "postmortem.edit", values, user=SENA, private_metadata=view["private_metadata"], view_id=view["id"]
     )
     if response.status_code != 200:
-        s.t.emit(f"(edit submission failed: HTTP {response.status_code})")
+        s.t.emit(s.t.say("edit_failed", status=response.status_code))
     s.bot.settle()
-    s.t.person(SENA, "편집 창에서 결론을 작성하고 저장")
+    s.t.person(SENA, s.t.say("wrote_conclusion"))
     s.t.flush()
 
 
 def tick_checklist(s: Scenario) -> None:
     """Ticks what the team has done by the end of the meeting, as people would click the checkboxes."""
-    from bot.checklist import GROUPS
-
     done_groups = {"basic", "analysis", "meeting"}
     for group, _, _, items in GROUPS:
         if group not in done_groups:
@@ -303,13 +361,12 @@ def tick_checklist(s: Scenario) -> None:
             selected_options=[{"value": value} for value in selected],
         )
         if response.status_code != 200:
-            s.t.emit(f"(checklist click failed: HTTP {response.status_code})")
-    s.t.person(SENA, "체크리스트에서 기본 · 분석 · Post-Mortem 회의 항목을 체크")
+            s.t.emit(s.t.say("click_failed", status=response.status_code))
+    s.t.person(SENA, s.t.say("ticked_checklist"))
     s.t.flush()
 
 
-def write_outputs(bot: LocalBot, transcript: Transcript, output_dir: Path, out: TextIO) -> int:
-    output_dir.mkdir(parents=True, exist_ok=True)
+def write_outputs(bot: LocalBot, transcript: Transcript, output_dir: Path, database: Path, out: TextIO) -> int:
     written: list[Path] = []
     for file in bot.slack.files():
         name = str(file["filename"])
@@ -321,14 +378,18 @@ def write_outputs(bot: LocalBot, transcript: Transcript, output_dir: Path, out: 
     transcript_path.write_text("\n".join(transcript.lines) + "\n", encoding="utf-8")
     reports = [p for p in written if p.name.endswith("-postmortem.md")]
     print("", file=out)
-    print("── 결과 " + "─" * 60, file=out)
-    for path in [transcript_path, *written]:
+    print(f"── {transcript.say('results')} " + "─" * 60, file=out)
+    for path in [transcript_path, *written, output_dir / DATABASE_FILE]:
         print(f"  {path}", file=out)
     if not reports:
         print("incident-bot demo: no report was produced", file=sys.stderr)
         return 1
     print("", file=out)
     print(textwrap.indent(reports[0].read_text(encoding="utf-8"), "  "), file=out)
-    summary = {"report": str(reports[0]), "files": [str(p) for p in written]}
+    command = report_command(database, bot.ctx.settings.locale)
+    print(transcript.say("report_command"), file=out)
+    print(f"  {command}", file=out)
+    summary = {"report": str(reports[0]), "files": [str(p) for p in written],
+               "database": str(output_dir / DATABASE_FILE), "report_command": command}
     (output_dir / "demo.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     return 0
