@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
@@ -25,6 +24,7 @@ from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import Messenger, MessengerError
 from storage.models import ChannelVisibility, Incident
+from storage.sql import upsert
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,9 @@ def record_visibility(ctx: Context, channel: str) -> None:
     is_private = ctx.messenger.is_private_channel(channel)
     now = ctx.clock.now()
     with ctx.db.session() as session:
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(
-            insert(ChannelVisibility)
-            .values(channel_id=channel, is_private=is_private, checked_at=now)
-            .on_conflict_do_update(index_elements=["channel_id"], set_={"is_private": is_private, "checked_at": now})
-        )
+        session.execute(upsert(session, ChannelVisibility,
+                               {"channel_id": channel, "is_private": is_private, "checked_at": now},
+                               index_elements=["channel_id"], set_={"is_private": is_private, "checked_at": now}))
 
 
 def install(ctx: Context) -> None:

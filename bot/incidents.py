@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -21,6 +20,7 @@ from bot.context import Context
 from bot.parsing import OpenRequest, UsageError
 from bot.ports import MessengerError
 from storage.models import Incident, IncidentSequence, RoleAssignment
+from storage.sql import claim_lease, renew_lease, upsert
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,9 @@ MILESTONES = ("deployed", "started", "detected", "rollback", "recovered", "resol
 
 def next_sequence(session: Session, day: str) -> int:
     """One atomic upsert: concurrent opens on the same day each get their own number, on SQLite and PostgreSQL."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(IncidentSequence)
-        .values(day=day, last=1)
-        .on_conflict_do_update(index_elements=["day"], set_={"last": IncidentSequence.last + 1})
-        .returning(IncidentSequence.last)
-    )
-    return int(session.execute(statement).scalar_one())
+    statement = upsert(session, IncidentSequence, {"day": day, "last": 1}, index_elements=["day"],
+                       set_={"last": IncidentSequence.last + 1})
+    return int(session.execute(statement.returning(IncidentSequence.last)).scalar_one())
 
 
 def open_incident(
@@ -126,14 +120,8 @@ def claim_announcement(ctx: Context, incident_id: int) -> Claim | None:
             return None
         until = now + announce_lease(ctx)
         # Compare-and-set on the lease we saw, so that we also learn whether anyone claimed it before us.
-        unchanged = (Incident.announce_claimed_until.is_(None) if held_until is None
-                     else Incident.announce_claimed_until == held_until)
-        result = session.execute(
-            update(Incident)
-            .where(Incident.id == incident_id, Incident.announcement_ts.is_(None), unchanged)
-            .values(announce_claimed_until=until)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if not claim_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
+                           Incident.announcement_ts.is_(None), now=now, until=until, seen=held_until):
             return None
         return Claim(until, retried=held_until is not None)
 
@@ -150,16 +138,12 @@ def _holding(ctx: Context, incident_id: int, claim: Claim) -> Iterator[None]:
             renewed = ctx.clock.now() + lease
             try:
                 with ctx.db.session() as session:
-                    result = session.execute(
-                        update(Incident)
-                        .where(Incident.id == incident_id, Incident.announcement_ts.is_(None),
-                               Incident.announce_claimed_until == until)
-                        .values(announce_claimed_until=renewed)
-                    )
+                    kept = renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
+                                       Incident.announcement_ts.is_(None), held=until, until=renewed)
             except SQLAlchemyError:
                 log.warning("announcement lease renewal failed; trying again", exc_info=True)
                 continue
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if not kept:
                 log.warning("announcement lease lost", extra={"json_fields": {"incident_id": incident_id}})
                 return
             until = renewed

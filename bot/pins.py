@@ -16,10 +16,8 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
 from bot import incidents, ingest, lifecycle, timeline
@@ -30,6 +28,7 @@ from bot.render import slack_unescape
 from bot.sanitize import clean_text
 from bot.timefmt import slack_ts_to_datetime
 from storage.models import EventPin, Incident, MessageReaction, TimelineEvent
+from storage.sql import upsert
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +65,7 @@ def emoji_name(raw: str) -> str:
     return raw.split("::", 1)[0].strip(":")
 
 
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
-def _row_key(channel: str, ts: str, user: str, emoji: str) -> tuple[object, ...]:
+def _row_key(channel: str, ts: str, user: str, emoji: str) -> tuple[ColumnElement[bool], ...]:
     return (MessageReaction.channel == channel, MessageReaction.message_ts == ts, MessageReaction.user_id == user,
             MessageReaction.emoji == emoji)
 
@@ -90,15 +85,14 @@ def receive(ctx: Context, reaction: Reaction) -> bool:
     # Slack's ts are "seconds.micros" of a fixed width, so they order as strings.
     event_ts = reaction.event_ts or f"{now.timestamp():.6f}"
     with ctx.db.session() as session:
-        statement = _insert(session)(MessageReaction).values(
-            channel=reaction.channel, message_ts=reaction.ts, user_id=reaction.user, emoji=name,
-            added=reaction.added, event_ts=event_ts, applied=False, updated_at=now,
-        )
-        session.execute(statement.on_conflict_do_update(
+        session.execute(upsert(
+            session, MessageReaction,
+            {"channel": reaction.channel, "message_ts": reaction.ts, "user_id": reaction.user, "emoji": name,
+             "added": reaction.added, "event_ts": event_ts, "applied": False, "updated_at": now},
             index_elements=["channel", "message_ts", "user_id", "emoji"],
-            set_={"added": statement.excluded.added, "event_ts": statement.excluded.event_ts, "applied": False,
-                  "updated_at": statement.excluded.updated_at},
-            where=MessageReaction.event_ts < statement.excluded.event_ts,  # the later event wins
+            set_=lambda new: {"added": new.added, "event_ts": new.event_ts, "applied": False,
+                              "updated_at": new.updated_at},
+            where=lambda new: MessageReaction.event_ts < new.event_ts,  # the later event wins
         ))
         applied = session.scalar(select(MessageReaction.applied).where(*_row_key(reaction.channel, reaction.ts,
                                                                                   reaction.user, name)))
@@ -255,10 +249,8 @@ def _set_pins(session: Session, event: TimelineEvent, wanted: set[str], reacted:
     if gone:
         session.execute(delete(EventPin).where(EventPin.event_id == event.id, EventPin.user_id.in_(gone)))
     for user in sorted(wanted - have):
-        session.execute(
-            _insert(session)(EventPin).values(event_id=event.id, user_id=user, created_at=now)
-            .on_conflict_do_nothing(index_elements=["event_id", "user_id"])
-        )
+        session.execute(upsert(session, EventPin, {"event_id": event.id, "user_id": user, "created_at": now},
+                               index_elements=["event_id", "user_id"]))
     pinned = bool((have - gone) | wanted)
     if event.kind == "pin":
         event.highlighted = pinned
@@ -312,8 +304,8 @@ def set_from_reaction(ctx: Context, reaction: Reaction, milestone: str) -> lifec
             log.warning("could not acknowledge the milestone reaction: %s", error.kind)
         return result
     # Told once per reaction: its stored row is marked done afterwards, so a redelivery comes nowhere near here.
-    error = lifecycle.refusal(ctx, located.incident_id, result)
-    text = ctx.say("incident.error", code=error.code, params=error.params)
+    refusal = lifecycle.refusal(ctx, located.incident_id, result)
+    text = ctx.say("incident.error", code=refusal.code, params=refusal.params)
     try:
         ctx.messenger.post_ephemeral(reaction.channel, reaction.user, text, thread_ts=located.thread_ts)
     except MessengerError as failure:

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.context import Context
 from storage.models import SeenRequest
+from storage.sql import upsert
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,11 @@ def dedupe_key(body: dict[str, Any]) -> str | None:
 def first_delivery(session: Session, now: datetime, trigger_id: str, kind: str, user_id: str | None) -> bool:
     """Records the trigger_id; True for the one delivery that runs the request, False for a replay. On
     PostgreSQL a concurrent delivery waits here until the first one's transaction ends, then sees its row."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     inserted = session.execute(
-        insert(SeenRequest)
-        .values(trigger_id=trigger_id, kind=kind[:32], received_at=now,
-                user_id=user_id[:32] if isinstance(user_id, str) and user_id else None)
-        .on_conflict_do_nothing(index_elements=["trigger_id"])
+        upsert(session, SeenRequest,
+               {"trigger_id": trigger_id, "kind": kind[:32], "received_at": now,
+                "user_id": user_id[:32] if isinstance(user_id, str) and user_id else None},
+               index_elements=["trigger_id"])
         .returning(SeenRequest.id)
     ).first()
     return inserted is not None

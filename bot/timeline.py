@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import Incident, TimelineEvent
-
-
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+from storage.sql import upsert
 
 
 def add_system_event(
@@ -34,35 +30,34 @@ def record_message(
     text: str, at: datetime, kind: str = "message", highlighted: bool = False,
 ) -> bool:
     """Stores one Slack message once. The unique constraint, not memory, makes a Slack retry a no-op."""
-    statement = (
-        _insert(session)(TimelineEvent)
-        .values(
-            incident_id=incident.id, kind=kind, occurred_at=at, author_id=user, author_name=author_name,
-            text=text, slack_channel=channel, slack_ts=ts, highlighted=highlighted, created_at=at,
-        )
-        .on_conflict_do_nothing(index_elements=["incident_id", "slack_channel", "slack_ts"])
+    statement = upsert(
+        session, TimelineEvent,
+        {"incident_id": incident.id, "kind": kind, "occurred_at": at, "author_id": user, "author_name": author_name,
+         "text": text, "slack_channel": channel, "slack_ts": ts, "highlighted": highlighted, "created_at": at},
+        index_elements=["incident_id", "slack_channel", "slack_ts"],
     )
-    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    return session.execute(statement.returning(TimelineEvent.id)).first() is not None
 
 
 def edit_message(session: Session, *, channel: str, ts: str, text: str, at: datetime) -> int:
-    result = session.execute(
+    # Session.execute is typed as Result; an UPDATE without RETURNING gives a CursorResult, which has rowcount.
+    result = cast(CursorResult[Any], session.execute(
         update(TimelineEvent)
         .where(TimelineEvent.slack_channel == channel, TimelineEvent.slack_ts == ts)
         .values(text=text, edited_at=at)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    ))
+    return int(result.rowcount)
 
 
 def delete_message(session: Session, *, channel: str, ts: str, at: datetime) -> int:
-    result = session.execute(
+    result = cast(CursorResult[Any], session.execute(
         update(TimelineEvent)
         .where(
             TimelineEvent.slack_channel == channel, TimelineEvent.slack_ts == ts, TimelineEvent.deleted_at.is_(None)
         )
         .values(deleted_at=at)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    ))
+    return int(result.rowcount)
 
 
 def find_message_event(session: Session, incident_id: int, channel: str, ts: str) -> TimelineEvent | None:
