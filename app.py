@@ -191,7 +191,7 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
     migrate.upgrade(db.engine)  # once, in the master, before any worker starts
     db.dispose()
 
-    class Server(BaseApplication):  # type: ignore[misc]
+    class Server(BaseApplication):
         runtime: Runtime | None = None
 
         def load_config(self) -> None:
@@ -209,7 +209,7 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn ≥ 25.1's control socket lives in $HOME, shared by every server on the machine; unused.
                 self.cfg.set("control_socket_disable", True)
-            self.cfg.set("worker_exit", lambda _arbiter, _worker: Server.runtime and Server.runtime.stop())
+            self.cfg.set("worker_exit", _stop_runtime)
 
         def load(self) -> Callable[..., Iterable[bytes]]:
             configure_logging(settings.log_level, secrets=settings.secrets())
@@ -218,6 +218,10 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
             runtime.start()
             tune_for_acks()
             return runtime.wsgi
+
+    def _stop_runtime(_arbiter: Any, _worker: Any) -> None:
+        if Server.runtime is not None:
+            Server.runtime.stop()
 
     Server().run()
     return 0
@@ -261,7 +265,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     if sqlite_file and not os.path.isfile(path):  # SQLite's first connect would create it
         print(f"incident-bot: no database at {where} (set DATABASE_URL)", file=sys.stderr)
         return 1
-    ctx = build_context(settings, messenger=_Offline())  # type: ignore[arg-type]
+    ctx = build_context(settings, messenger=_Offline())
     try:
         with ctx.db.engine.connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())

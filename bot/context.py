@@ -99,7 +99,7 @@ class Context:
             found = self._shared.get(kind)
             if found is None:
                 found = self._shared[kind] = make()
-        return found  # type: ignore[no-any-return]  # stored under its own class just above
+        return found
 
     def say(self, key: str, locale: str | None = None, **params: Any) -> str:
         """A short localized string: `group.name` → macro `name` of templates/<locale>/messages/<group>.j2."""

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -80,6 +80,15 @@ class MilestoneResult:
         return self.outcome != "refused"
 
 
+class _MilestoneFacts(TypedDict):
+    """The fields every MilestoneResult of one call shares, passed on as keywords."""
+
+    public_id: str
+    milestone: str
+    at: datetime
+    incident_status: str
+
+
 # ---- shared pieces ---------------------------------------------------------------------------------------------
 
 
@@ -111,7 +120,8 @@ def _event(session: Session, incident: Incident, **kwargs: Any) -> TimelineEvent
 
 
 def _added(session: Session) -> list[TimelineEvent]:
-    return session.info.setdefault(_ADDED, [])  # type: ignore[no-any-return]
+    added: list[TimelineEvent] = session.info.setdefault(_ADDED, [])
+    return added
 
 
 def _refuse_closed(incident: Incident, usage: str) -> UsageError:
@@ -339,7 +349,8 @@ def set_milestone(
     closed = False
     with ctx.db.session() as session:
         incident = _lock(session, incident_id)
-        base = {"public_id": incident.public_id, "milestone": name, "at": when, "incident_status": incident.status}
+        base: _MilestoneFacts = {"public_id": incident.public_id, "milestone": name, "at": when,
+                                 "incident_status": incident.status}
         old = getattr(incident, f"{name}_at")
         if when > now:
             return MilestoneResult(outcome="refused", reason="future", old=old, **base)
@@ -442,10 +453,10 @@ class _RefreshState:
 
 
 def _state(ctx: Context) -> _RefreshState:
-    state = ctx.extras.get("lifecycle.refresh")
+    state: _RefreshState | None = ctx.extras.get("lifecycle.refresh")
     if state is None:
         state = ctx.extras.setdefault("lifecycle.refresh", _RefreshState())
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def after_change(ctx: Context, incident_id: int, *, notice: str | None = None, actor: str | None = None,

@@ -16,7 +16,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import google.cloud.logging_v2
 from google.cloud.logging.handlers import StructuredLogHandler
@@ -111,16 +111,18 @@ class _StderrStructuredLogHandler(StructuredLogHandler):
     logging was configured (e.g. a test's replaced stream that is long gone).
     """
 
+    _incident_bot_handler = False  # True on the one configure_logging installs
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(json_encoder_cls=_JSONEncoder, **kwargs)
-        self._stream = None
+        self._stream: TextIO | None = None
 
-    @property  # type: ignore[override]
-    def stream(self):
+    @property
+    def stream(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:
+    def stream(self, value: TextIO | None) -> None:
         # StreamHandler.__init__ assigns sys.stderr; __init__ above resets it to "live".
         self._stream = value
 
@@ -147,7 +149,7 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
             handler.close()
 
     handler = _StderrStructuredLogHandler()
-    handler._incident_bot_handler = True  # type: ignore[attr-defined]
+    handler._incident_bot_handler = True
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(numeric_level)

@@ -29,7 +29,10 @@ class ChatMessage:
 
 
 class Messenger(Protocol):
-    bot_user_id: str
+    @property
+    def bot_user_id(self) -> str:
+        """The bot's own user id (read-only: the Slack messenger looks it up once)."""
+        ...
 
     @property
     def call_budget(self) -> timedelta:

@@ -10,10 +10,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from bot import checklist, timeline
@@ -32,6 +31,7 @@ from bot.pm_parsing import (
 from bot.ports import MessengerError
 from bot.render import RenderedMessage
 from storage.models import ActionItem, ChecklistItem, ImpactValue, Incident, Note, TimelineEvent, Why
+from storage.sql import upsert
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ MAX_ACTIONS = 500
 UNPOSTED_RETRY_AFTER = timedelta(minutes=2)
 ACTION_ITEM_EVENT = "incident_action_item"  # the message metadata that marks an action item's message
 UNPOSTED_GIVE_UP_AFTER = timedelta(days=1)
-
-
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _lock(session: Session, incident: Incident) -> None:
@@ -72,18 +68,20 @@ def _why_count(session: Session, incident: Incident) -> int:
 
 def edit_why(session: Session, incident: Incident, position: int, text: str, author: str | None) -> None:
     _lock(session, incident)
-    result = session.execute(
+    # Session.execute is typed as Result; an UPDATE without RETURNING gives a CursorResult, which has rowcount.
+    result = cast(CursorResult[Any], session.execute(
         update(Why).where(Why.incident_id == incident.id, Why.position == position).values(text=text, author_id=author)
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    ))
+    if result.rowcount == 0:
         raise UsageError("no_such_why", "why", position=position, count=_why_count(session, incident))
 
 
 def remove_why(session: Session, incident: Incident, position: int) -> int:
     """Deletes number `position` and renumbers the later ones, so the chain stays 1..n. Returns the new n."""
     _lock(session, incident)
-    result = session.execute(delete(Why).where(Why.incident_id == incident.id, Why.position == position))
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    result = cast(CursorResult[Any],
+                  session.execute(delete(Why).where(Why.incident_id == incident.id, Why.position == position)))
+    if result.rowcount == 0:
         raise UsageError("no_such_why", "why", position=position, count=_why_count(session, incident))
     # Two steps through negative numbers: the unique (incident, position) constraint is checked row by row.
     later = (Why.incident_id == incident.id, Why.position > position)
@@ -286,15 +284,12 @@ def _upsert_impact(session: Session, incident_id: int, impact: Impact, source: s
                    now: datetime) -> bool:
     values = {"incident_id": incident_id, "field": impact.field, "value": impact.canonical(), "source": source,
               "updated_by": user, "updated_at": now}
-    statement = _insert(session)(ImpactValue).values(**values)
-    update_values = {k: statement.excluded[k] for k in ("value", "source", "updated_by", "updated_at")}
-    if source == "manual":
-        statement = statement.on_conflict_do_update(index_elements=["incident_id", "field"], set_=update_values)
-    else:
-        # A measurement never overwrites what a person typed: the condition is part of the one statement.
-        statement = statement.on_conflict_do_update(
-            index_elements=["incident_id", "field"], set_=update_values, where=ImpactValue.source != "manual"
-        )
+    # A measurement never overwrites what a person typed: the condition is part of the one statement.
+    statement = upsert(
+        session, ImpactValue, values, index_elements=["incident_id", "field"],
+        set_=lambda new: {k: new[k] for k in ("value", "source", "updated_by", "updated_at")},
+        where=None if source == "manual" else ImpactValue.source != "manual",
+    )
     # RETURNING names the row only when it was inserted or updated (rowcount is not exact here on psycopg).
     return session.execute(statement.returning(ImpactValue.id)).first() is not None
 
@@ -393,15 +388,13 @@ def set_checklist(
     for key, checked in changes.items():
         if key not in checklist.ALL_KEYS:
             continue
-        statement = _insert(session)(ChecklistItem).values(
-            incident_id=incident_id, key=key, checked=checked, checked_by=user if checked else None,
-            checked_at=now if checked else None,
-        )
-        statement = statement.on_conflict_do_update(
+        session.execute(upsert(
+            session, ChecklistItem,
+            {"incident_id": incident_id, "key": key, "checked": checked, "checked_by": user if checked else None,
+             "checked_at": now if checked else None},
             index_elements=["incident_id", "key"],
-            set_={k: statement.excluded[k] for k in ("checked", "checked_by", "checked_at")},
-        )
-        session.execute(statement)
+            set_=lambda new: {k: new[k] for k in ("checked", "checked_by", "checked_at")},
+        ))
         applied += 1
     return applied
 

@@ -44,6 +44,7 @@ from bot.ports import MessengerError
 from bot.render import RenderedMessage
 from bot.scheduler import ReminderScheduler
 from storage.models import ActionItem, Incident, Reminder, Report, RoleAssignment, Why
+from storage.sql import claim_lease
 
 log = logging.getLogger(__name__)
 
@@ -390,18 +391,12 @@ class Outcome:
 
 def _claim(ctx: Context, reminder_id: int, now: datetime) -> bool:
     with ctx.db.session() as session:
-        result = session.execute(
-            update(Reminder)
-            .where(
-                Reminder.id == reminder_id,
-                Reminder.sent_at.is_(None),
-                Reminder.cancelled_at.is_(None),
-                Reminder.due_at <= now,
-                or_(Reminder.claimed_until.is_(None), Reminder.claimed_until < now),
-            )
-            .values(claimed_until=now + CLAIM_LEASE)
+        return claim_lease(
+            session, Reminder.claimed_until,
+            Reminder.id == reminder_id, Reminder.sent_at.is_(None), Reminder.cancelled_at.is_(None),
+            Reminder.due_at <= now,
+            now=now, until=now + CLAIM_LEASE,
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _release(ctx: Context, reminder_id: int, retry_at: datetime, **values: Any) -> None:
@@ -413,7 +408,7 @@ def _release(ctx: Context, reminder_id: int, retry_at: datetime, **values: Any) 
 
 
 def retry_delay(attempts: int) -> timedelta:
-    return min(RETRY_BASE * (2 ** max(0, attempts - 1)), RETRY_MAX)
+    return min(RETRY_BASE * int(2 ** max(0, attempts - 1)), RETRY_MAX)  # int(): typeshed types int ** int as Any
 
 
 @dataclass(frozen=True)

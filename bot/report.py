@@ -60,9 +60,8 @@ def _utc(value: Any) -> datetime | None:
     """A timestamp column read raw: SQLite hands back ISO text, PostgreSQL an aware datetime."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    when: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _json(value: Any) -> dict[str, Any] | None:
@@ -84,7 +83,8 @@ def _timeline_rows(
     template's describe() macro (a plain reply is described by its own text); per-minute times and
     per-person names are cached.
     """
-    describe = ctx.renderer.markdown.get_template(f"{locale}/_events.j2").module.describe  # type: ignore[attr-defined]
+    events_module = ctx.renderer.markdown.get_template(f"{locale}/_events.j2").module
+    describe = events_module.describe  # type: ignore[attr-defined]  # Jinja2 makes macros attributes at run time
     query = timeline.timeline_rows_query(incident_id).with_only_columns(
         TimelineEvent.kind, type_coerce(TimelineEvent.occurred_at, String), TimelineEvent.author_id,
         TimelineEvent.author_name, TimelineEvent.text, type_coerce(TimelineEvent.highlighted, Integer),
@@ -135,7 +135,8 @@ def _names(session: Session, incident_id: int) -> dict[str, str]:
         )
     )
     for data in data_rows:
-        id_key, name_key = _NAMED_ACTIONS.get((data or {}).get("action"), ("", ""))
+        action = (data or {}).get("action")
+        id_key, name_key = _NAMED_ACTIONS.get(action, ("", "")) if isinstance(action, str) else ("", "")
         user_id, name = (data or {}).get(id_key), (data or {}).get(name_key)
         if isinstance(user_id, str) and isinstance(name, str) and name:
             data_names[user_id] = name
@@ -211,7 +212,7 @@ def build_context(ctx: Context, session: Session, incident: Incident, locale: st
         first_event, last_event, incident.deployed_at, incident.started_at, incident.detected_at,
         incident.rollback_at, incident.recovered_at, incident.resolved_at, incident.opened_at,
     ]
-    roles = dict(session.execute(  # type: ignore[arg-type]
+    roles = dict(session.execute(
         select(RoleAssignment.role, RoleAssignment.user_id).where(RoleAssignment.incident_id == incident.id)
     ).all())
     names = _names(session, incident.id)

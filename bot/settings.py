@@ -214,4 +214,4 @@ def load_settings(env: Mapping[str, str] | None = None, *, require: tuple[str, .
                 raise SettingsError(f"{name}: expected a whole number of requests from 0 (no limit) to 100000, "
                                     f"got {v!r}")
             kwargs[key] = int(v)
-    return Settings(**kwargs)  # type: ignore[arg-type]
+    return Settings(**kwargs)  # type: ignore[arg-type]  # each value is parsed above to its field's type

@@ -64,7 +64,7 @@ def register(app: App, ctx: Context) -> None:
         if subtype == "message_changed":
             changed = event.get("message")
             ts = _str(changed.get("ts")) if isinstance(changed, dict) else None
-            if not channel or not ts:
+            if not channel or not ts or not isinstance(changed, dict):
                 return None
             text = _str(changed.get("text")) or ""
             return store_before_ack(ctx, context, "message_changed", ingest.record_edit, channel, ts, text)

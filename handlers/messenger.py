@@ -266,7 +266,8 @@ class SlackMessenger:
         try:
             user = self._call("users_info", user=user_id)["user"]
             profile = user.get("profile") or {}
-            name = profile.get("display_name") or profile.get("real_name") or user.get("real_name") or user.get("name")
+            name: str | None = (profile.get("display_name") or profile.get("real_name") or user.get("real_name")
+                                or user.get("name"))
         except MessengerError:
             return None  # a name is a nicety; never lose the event over it, and try again next time
         with self._lock:

@@ -12,8 +12,9 @@ def incoming(name: str, event: dict[str, Any]) -> pins.Reaction | None:
     item = event.get("item") or {}
     if not isinstance(item, dict) or item.get("type") != "message":
         return None  # reactions on files and file comments are not timeline material
-    fields = (event.get("user"), event.get("reaction"), item.get("channel"), item.get("ts"))
-    if not all(isinstance(value, str) and value for value in fields):
+    fields = [value if isinstance(value, str) else ""
+              for value in (event.get("user"), event.get("reaction"), item.get("channel"), item.get("ts"))]
+    if not all(fields):
         return None  # not the shape Slack documents: nothing to store
     user, emoji, channel, ts = fields
     event_ts = event.get("event_ts")

@@ -46,7 +46,7 @@ def answer_again(ack: Ack, answer: dict[str, Any]) -> None:
 
 
 def claim(ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: str | None,
-          pending: Callable[[Ack], None], also: Callable[[Session], None] | None = None) -> Ack | None:
+          pending: Callable[[Ack], object], also: Callable[[Session], None] | None = None) -> Ack | None:
     """The ack to run the request with, or None when it is a replay and has been answered already.
 
     `also` runs in the transaction that records a first delivery (or for a request without a trigger_id, which
@@ -62,7 +62,7 @@ def claim(ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: s
     if trigger_id is None:
         return ack
     if first:
-        return RecordingAck(ctx, ack, trigger_id)  # type: ignore[return-value]
+        return RecordingAck(ctx, ack, trigger_id)  # type: ignore[return-value]  # called as Bolt's Ack is
     log.info("replayed %s answered from its first delivery", kind)
     answer = replays.wait_for_answer(ctx, trigger_id)
     if answer is None:

@@ -33,7 +33,7 @@ Send = Callable[[Message], Awaitable[None]]
 WSGIApp = Callable[..., Iterable[bytes]]
 
 
-class _HeaderDeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
+class _HeaderDeadlineProtocol(ASGIProtocol):
     """gunicorn times out the headers of a kept-alive connection's next request (its keep-alive timer, which
     incoming bytes do not reset), but not of a new connection's first one: this arms the same timer for it."""
 
@@ -45,8 +45,10 @@ class _HeaderDeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
             self._keepalive_handle = self.worker.loop.call_later(HEADER_SECONDS, self._keepalive_timeout)
 
 
-class BufferedWSGIWorker(gasgi.ASGIWorker):  # type: ignore[misc]
+class BufferedWSGIWorker(gasgi.ASGIWorker):
     """gunicorn's asyncio worker serving a WSGI app through BufferedWSGI, on `threads` pool threads."""
+
+    asgi: Any  # set by the base class to the loaded WSGI app, then wrapped in BufferedWSGI here
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:

@@ -70,7 +70,7 @@ def normalise_message(message: str) -> str:
 
 class PatternCount(NamedTuple):
     pattern: str
-    count: int
+    count: int  # type: ignore[assignment]  # a field may shadow tuple.count(); callers read the field
     example: str
 
 
@@ -100,7 +100,7 @@ def top_patterns(messages: Iterable[str], n: int = 10) -> list[PatternCount]:
 
 class MinuteCount(NamedTuple):
     minute_start: datetime
-    count: int
+    count: int  # type: ignore[assignment]  # a field may shadow tuple.count(); callers read the field
 
 
 def _utc(ts: datetime) -> datetime:
@@ -219,7 +219,7 @@ def error_onset(
 
 class EndpointCount(NamedTuple):
     path: str
-    count: int
+    count: int  # type: ignore[assignment]  # a field may shadow tuple.count(); callers read the field
 
 
 _ID_SEGMENT = re.compile(
@@ -650,7 +650,7 @@ def label_revisions(
     for r in names:
         role = "canary" if r == canary else "stable" if r == stable else "other"
         labels[r] = RevisionLabel(
-            revision=r, role=role, tag=(tags.get(r) or [None])[0], traffic_percent=percent.get(r, 0),
+            revision=r, role=role, tag=next(iter(tags.get(r) or ()), None), traffic_percent=percent.get(r, 0),
             serving=percent.get(r, 0) > 0, latest=r in (latest_ready, latest_created),
         )
     return labels

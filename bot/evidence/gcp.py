@@ -118,9 +118,13 @@ class _TimeoutSession(AuthorizedSession):
         super().__init__(credentials)
         self.timeout = timeout
 
-    def request(self, method: str, url: str, data: Any = None, headers: Any = None, **kwargs: Any) -> Any:
-        kwargs["timeout"] = self.timeout
-        return super().request(method, url, data=data, headers=headers, **kwargs)
+    def request(  # type: ignore[override]  # keeps google-auth's signature, which already departs from requests'
+        self, method: Any, url: Any, data: Any = None, headers: Any = None, max_allowed_time: Any = None,
+        timeout: Any = None, **kwargs: Any,
+    ) -> Any:
+        # The caller's timeout is replaced by ours.
+        return super().request(method, url, data=data, headers=headers, max_allowed_time=max_allowed_time,
+                               timeout=self.timeout, **kwargs)
 
 
 def make_logging_client(project: str, api_url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
@@ -332,7 +336,8 @@ def _run_retry(timeout: float) -> retries.Retry:
 
 def service_config_from(service: run_v2.Service) -> dict[str, Any]:
     """A JSON-able summary of a Cloud Run Service (plus its full ``raw`` dict), its text cleaned."""
-    return _cleaned(_service_config(service))
+    cleaned: dict[str, Any] = _cleaned(_service_config(service))  # a dict in, a dict out
+    return cleaned
 
 
 def _service_config(service: run_v2.Service) -> dict[str, Any]:

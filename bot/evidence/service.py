@@ -84,7 +84,7 @@ def clients(ctx: Context) -> GcpClients:
         holder = ctx.extras.get(_CLIENTS_KEY)
         if holder is None:
             holder = ctx.extras[_CLIENTS_KEY] = GcpClients(ctx.settings)
-        return holder  # type: ignore[no-any-return]
+        return holder
 
 
 def missing_settings(settings: Settings) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
-from bot import postmortem
+from bot import checklist, postmortem
 from bot.context import Context
 from bot.ports import MessengerError
 from handlers.guards import ACK_WRITTEN
@@ -78,7 +78,7 @@ def on_checklist(ctx: Context, body: dict[str, Any]) -> None:
     if not block:
         return
     incident_id, group = int(block.group(1)), block.group(2)
-    group_keys = {key for key in postmortem.checklist.ALL_KEYS if key.startswith(f"{group}.")}
+    group_keys = {key for key in checklist.ALL_KEYS if key.startswith(f"{group}.")}
     selected = {str(o.get("value")) for o in action.get("selected_options") or [] if isinstance(o, dict)}
     selected &= group_keys
     shown = _shown_options(body, str(action.get("block_id")), str(action.get("action_id")))

@@ -114,6 +114,7 @@ def _dispatch(
     except ratelimit.RateLimited as limited:
         answer = rate_limited_answer(ctx, limited)
     except AccessPending as pending:
+        assert handler is not None  # only a handler raises AccessPending
         answer = answer_after_lookup(ctx, group, handler, request, respond, pending)
     except UsageError as error:
         _give_back(ctx, spend.hits)  # bad input stored nothing, so it spends no budget

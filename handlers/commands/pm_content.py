@@ -17,7 +17,7 @@ from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.render import most_that_fits
 from handlers.commands.access import asking
-from handlers.commands.base import Answer, CommandRequest, postmortem_subcommand, tell
+from handlers.commands.base import Answer, CommandRequest, Subcommand, postmortem_subcommand, tell
 from handlers.slack_limits import fits
 from storage.models import ImpactValue
 
@@ -113,7 +113,7 @@ def impact(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     return Answer(text=ctx.say("postmortem.impact_set", view=view))
 
 
-def _note(kind: str) -> object:
+def _note(kind: str) -> Subcommand:
     def handler(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         text = pm_parsing.parse_note(request.rest, kind)
         with ctx.db.session() as session:
@@ -125,8 +125,8 @@ def _note(kind: str) -> object:
     return handler
 
 
-postmortem_subcommand("lesson")(_note("lesson"))  # type: ignore[arg-type]
-postmortem_subcommand("prevent")(_note("prevent"))  # type: ignore[arg-type]
+postmortem_subcommand("lesson")(_note("lesson"))
+postmortem_subcommand("prevent")(_note("prevent"))
 
 
 @postmortem_subcommand("checklist")
