@@ -29,10 +29,11 @@ from handlers.commands.base import (
     Answer,
     CommandRequest,
     Subcommand,
+    database_unavailable_answer,
+    fitted,
     usage_answer,
 )
 from handlers.guards import ACK_WRITTEN
-from handlers.slack_limits import fit_message
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,9 @@ def _dispatch(
     except UsageError as error:
         _give_back(ctx, spend.hits)  # bad input stored nothing, so it spends no budget
         answer = usage_answer(ctx, group, error)
-    except SQLAlchemyError:  # not only OperationalError: a read-only PostgreSQL raises InternalError
-        log.exception("database unavailable during %s %s", request.command, parsed.sub)
-        answer = Answer(text=ctx.say("incident.error", code="database_unavailable", params={}))
-    answer.text, answer.blocks = fit_message(answer.text, answer.blocks, note=ctx.say("limits.truncated"))
+    except SQLAlchemyError:
+        answer = database_unavailable_answer(ctx, request)
+    answer = fitted(ctx, answer)
     ack(response_type="ephemeral", text=answer.text, blocks=answer.blocks)
 
 

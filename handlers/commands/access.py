@@ -7,19 +7,21 @@ through the response_url, exactly as the ack would have carried it.
 
 from __future__ import annotations
 
-import logging
-
 from slack_bolt import Respond
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot import access
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
-from handlers.commands.base import Answer, CommandRequest, Subcommand, usage_answer
-from handlers.slack_limits import fit_message
-
-log = logging.getLogger(__name__)
+from handlers.commands.base import (
+    Answer,
+    CommandRequest,
+    Subcommand,
+    database_unavailable_answer,
+    fitted,
+    usage_answer,
+)
 
 
 def asking(ctx: Context, request: CommandRequest) -> access.Asker:
@@ -52,11 +54,9 @@ def _look_up_and_run(
         answer = Answer(text=ctx.say("access.unavailable", public_id=again.public_id, reason="expired"))
     except UsageError as error:
         answer = usage_answer(ctx, group, error)
-    except OperationalError:
-        log.exception("database unavailable during %s %s", request.command, request.parsed.sub)
-        answer = Answer(text=ctx.say("incident.error", code="database_unavailable", params={}))
-    answer.text, answer.blocks = fit_message(answer.text, answer.blocks, note=ctx.say("limits.truncated"))
-    _deliver(respond, answer)
+    except SQLAlchemyError:
+        answer = database_unavailable_answer(ctx, request)
+    _deliver(respond, fitted(ctx, answer))
 
 
 def _deliver(respond: Respond, answer: Answer) -> None:

@@ -6,6 +6,7 @@ it, and neither imports the other's half-loaded package.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from slack_bolt import Respond
 from bot.context import Context
 from bot.parsing import CommandText, UsageError
 from handlers.slack_limits import fit_message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,15 @@ def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
     message = ctx.say(f"{group}.error", code=error.code, params=error.params)
     usage = ctx.say(f"{group}.usage", sub=error.usage)
     return Answer(text=f"{message}\n{usage}".strip())
+
+
+def database_unavailable_answer(ctx: Context, request: CommandRequest) -> Answer:
+    """For any SQLAlchemy error, not only OperationalError: a read-only PostgreSQL raises InternalError."""
+    log.exception("database unavailable during %s %s", request.command, request.parsed.sub)
+    return Answer(text=ctx.say("incident.error", code="database_unavailable", params={}))
+
+
+def fitted(ctx: Context, answer: Answer) -> Answer:
+    """The answer cut to Slack's limits, measured after rendering, with the localized pointer to the report."""
+    answer.text, answer.blocks = fit_message(answer.text, answer.blocks, note=ctx.say("limits.truncated"))
+    return answer
