@@ -8,10 +8,11 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import requests
@@ -44,9 +45,12 @@ class Served:
     def __init__(self, env: dict[str, str], slack: SlackSandbox, secret: str) -> None:
         self.port = free_port()
         self.env = {**base_env(), **env, "PORT": str(self.port)}
-        self.process = subprocess.Popen(
-            [str(BIN), "serve"], env=self.env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        # Files, not pipes: nothing reads a pipe until stop(), and once its 64 KiB filled (an outage logs a
+        # traceback per refused request) every log write blocked the server, which then answered nothing.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the process; closed in stop()
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 -- likewise
+        self.process = subprocess.Popen([str(BIN), "serve"], env=self.env, cwd="/", stdout=self._out,
+                                        stderr=self._err)
         self.url = f"http://127.0.0.1:{self.port}"
         self.driver = SlackDriver(f"{self.url}/slack/events", secret, slack, team_id=slack.team_id)
         self.stderr = ""
@@ -67,7 +71,15 @@ class Served:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()  # SIGTERM, as Cloud Run sends it
-        self.stdout, self.stderr = self.process.communicate(timeout=60)
+        self.process.wait(timeout=60)
+        if not self._err.closed:  # a second stop() keeps what the first one read
+            self.stdout, self.stderr = _read_all(self._out), _read_all(self._err)
+
+
+def _read_all(file: IO[bytes]) -> str:
+    with file:
+        file.seek(0)
+        return file.read().decode("utf-8", errors="replace")
 
 
 @pytest.fixture

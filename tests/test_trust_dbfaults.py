@@ -14,6 +14,7 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,15 @@ def stored_replies(url: str) -> list[str]:
 def reply_event(message: dict[str, Any], thread_ts: str) -> dict[str, Any]:
     return {"type": "message", "channel": CHANNEL, "user": message["user"], "text": message["text"],
             "ts": message["ts"], "thread_ts": thread_ts, "channel_type": "channel"}
+
+
+def announcement_ts(url: str) -> str | None:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.scalar(select(Incident.announcement_ts).order_by(Incident.id).limit(1))
+    finally:
+        engine.dispose()
 
 
 def incident_titles(url: str) -> list[str]:
@@ -348,6 +358,9 @@ def test_served_sqlite_fault_is_refused_and_recovered_without_restart(slack: Sla
         assert app.driver.command("/incident", "open serve DB 장애").status_code == 200
         wait_for(lambda: len(slack.messages(CHANNEL)) == 1)
         thread_ts = slack.messages(CHANNEL)[0]["ts"]
+        # Slack has the announcement a moment before the app has recorded its ts; a reply in between would be
+        # for a thread the app does not know yet (people reply seconds later, a test at once).
+        wait_for(lambda: announcement_ts(database_url) == thread_ts)
         assert app.driver.say(CHANNEL, "U0GITCO", "장애 전 답글", thread_ts=thread_ts)[1].status_code == 200
         wait_for(lambda: stored_replies(database_url) == ["장애 전 답글"])
         path = sqlite_path(database_url)
@@ -361,6 +374,7 @@ def test_served_sqlite_fault_is_refused_and_recovered_without_restart(slack: Sla
                                        lambda: os.replace(saved, path), "database file is missing")
     finally:
         served.stop()
+        print(served.stderr[-20_000:], file=sys.stderr)  # the server's own log, shown by pytest on a failure
     assert served.process.returncode == 0, served.stderr
 
 
