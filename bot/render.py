@@ -2,22 +2,37 @@
 
 Every `{{ value }}` passes through `finalize`, which escapes it for the output's context unless it is
 already Markup (built by the filters below), so user text can never mention anyone or break a table.
+
+A template is written once, in English; `{% trans %}` and `_()` look its words up in the language's catalogue
+(templates/locale/<lang>/LC_MESSAGES/messages.po), and the values in a translated sentence are escaped the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import gettext
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import Translations
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 from markupsafe import Markup
 
 import templates as templates_package
 
 TEMPLATE_DIR = Path(templates_package.__file__).resolve().parent
+# Templates are written once, in English; every other language's words are in LOCALE_DIR/<lang>/LC_MESSAGES/.
+SOURCE_LOCALE = "en"
+LOCALE_DIR = TEMPLATE_DIR / "locale"
+DOMAIN = "messages"
+# What the Environment does to whitespace changes the msgids a template yields: babel.cfg repeats these.
+TEMPLATE_OPTIONS: dict[str, Any] = {"trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
 _SLACK_ID = re.compile(r"^[UWBC][A-Z0-9]{2,20}$")
 _DIVIDER = "--"
 T = TypeVar("T")
@@ -122,22 +137,85 @@ def _finalizer(escape: Any) -> Any:
     return finalize
 
 
-def _make_env(escape: Any) -> Environment:
+def catalogue_path(locale: str) -> Path:
+    return LOCALE_DIR / locale / "LC_MESSAGES" / f"{DOMAIN}.po"
+
+
+def catalogue_locales() -> tuple[str, ...]:
+    """The source language and every language with a catalogue."""
+    found = sorted(path.name for path in LOCALE_DIR.iterdir() if catalogue_path(path.name).is_file())
+    return (SOURCE_LOCALE, *found)
+
+
+@functools.cache
+def translations(locale: str) -> gettext.NullTranslations:
+    """The locale's catalogue, compiled from its .po once per process (renderers share it): no build step, and
+    no .mo that could disagree with the .po. Fuzzy entries are left out, as msgfmt would."""
+    if locale == SOURCE_LOCALE:
+        return gettext.NullTranslations()
+    with catalogue_path(locale).open("rb") as handle:
+        catalog = read_po(handle, locale=locale, domain=DOMAIN)
+    compiled = io.BytesIO()
+    write_mo(compiled, catalog)
+    compiled.seek(0)
+    return Translations(compiled, domain=DOMAIN)
+
+
+def _translators(catalogue: gettext.NullTranslations, escape: Any) -> dict[str, Callable[..., Markup]]:
+    """The i18n extension's callables, newstyle: `{% trans name=value %}…{{ name }}…{% endtrans %}` and
+    `_("…%(name)s", name=value)` pass their values here. The catalogue's words are ours and stay as written, like
+    a template's own text; each value is escaped as `{{ value }}` would be (Markup passes, None is empty)."""
+    finalize = _finalizer(escape)
+
+    def fill(text: str, values: dict[str, Any]) -> Markup:
+        # Numbers stay numbers so a catalogue may write %(num)d.
+        return Markup(text % {
+            name: value if isinstance(value, int | float) and not isinstance(value, bool) else finalize(value)
+            for name, value in values.items()
+        })
+
+    @functools.cache
+    def label(message: str) -> Markup:
+        # A message without values is the same every time: labels are looked up once (renders are on the ack path).
+        return Markup(catalogue.gettext(message) % {})
+
+    def gettext_(message: str, **values: Any) -> Markup:
+        return fill(catalogue.gettext(message), values) if values else label(message)
+
+    def ngettext_(singular: str, plural: str, count: int, **values: Any) -> Markup:
+        values.setdefault("num", count)
+        return fill(catalogue.ngettext(singular, plural, count), values)
+
+    def pgettext_(context: str, message: str, **values: Any) -> Markup:
+        return fill(catalogue.pgettext(context, message), values)
+
+    def npgettext_(context: str, singular: str, plural: str, count: int, **values: Any) -> Markup:
+        values.setdefault("num", count)
+        return fill(catalogue.npgettext(context, singular, plural, count), values)
+
+    return {"gettext": gettext_, "_": gettext_, "ngettext": ngettext_, "pgettext": pgettext_,
+            "npgettext": npgettext_}
+
+
+def _make_env(escape: Any, catalogue: gettext.NullTranslations) -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
         autoescape=False,
         finalize=_finalizer(escape),
         undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
         # Templates ship with the code: no stat() of the file on every render (it showed in the ack path).
         auto_reload=False,
+        extensions=["jinja2.ext.i18n", "jinja2.ext.do"],
+        **TEMPLATE_OPTIONS,
     )
     env.filters.update(
         cell=markdown_cell, mdline=markdown_line, line=slack_line, mention=mention, channel=channel_link, raw=raw,
         clip=slack_clip,
     )
+    # Our own callables rather than install_gettext_translations: Jinja's newstyle ones escape values only
+    # under autoescape, and then by HTML's rules, not by this output's `escape`.
+    env.globals.update(_translators(catalogue, escape))
+    env.newstyle_gettext = True  # type: ignore[attr-defined]  # the i18n extension's switch, set by Environment.extend
     return env
 
 
@@ -215,23 +293,40 @@ def most_that_fits(render: Callable[[int], T], most: int, fits: Callable[[T], bo
 
 
 class Renderer:
+    """Renders templates/ in a language: one Environment per language and output (Slack mrkdwn, Markdown), so
+    concurrent renders in different languages never share a switched catalogue."""
+
     def __init__(self) -> None:
-        self.slack = _make_env(slack_escape)
-        self.markdown = _make_env(markdown_escape)
+        self.locales = catalogue_locales()
+        self._slack = {locale: _make_env(slack_escape, translations(locale)) for locale in self.locales}
+        self._markdown = {locale: _make_env(markdown_escape, translations(locale)) for locale in self.locales}
+
+    def _env(self, envs: dict[str, Environment], locale: str) -> Environment:
+        try:
+            return envs[locale]
+        except KeyError:
+            raise LookupError(f"no messages in {locale!r}: the languages are {', '.join(self.locales)}") from None
 
     def text(self, name: str, locale: str, **context: Any) -> str:
-        return self.slack.get_template(f"{locale}/{name}.j2").render(**context)
+        return self._env(self._slack, locale).get_template(f"{name}.j2").render(**context)
 
     def message(self, name: str, locale: str, **context: Any) -> RenderedMessage:
         rendered = self.text(name, locale, **context)
         return RenderedMessage(text=plain_fallback(rendered), blocks=text_to_blocks(rendered))
 
     def say(self, key: str, locale: str, **params: Any) -> str:
-        """`group.name` → macro `name` of templates/<locale>/messages/<group>.j2, so each domain owns a file."""
+        """`group.name` → macro `name` of templates/messages/<group>.j2, so each domain owns a file."""
         group, _, name = key.partition(".")
-        module = self.slack.get_template(f"{locale}/messages/{group}.j2").module
+        module = self._env(self._slack, locale).get_template(f"messages/{group}.j2").module
         return str(getattr(module, name)(**params)).strip()
 
-    def document(self, name: str, locale: str, **context: Any) -> str:
-        return self.markdown.get_template(f"{locale}/{name}.md.j2").render(**context)
+    def markdown_template(self, path: str, locale: str) -> Template:
+        """A template (`_events.j2`) escaped by Markdown's rules, for the report's own streaming."""
+        return self._env(self._markdown, locale).get_template(path)
 
+    def document_template(self, name: str, locale: str) -> Template:
+        """The language's own document: templates/<name>.<locale>.md.j2 (the report follows each guide's shape)."""
+        return self.markdown_template(f"{name}.{locale}.md.j2", locale)
+
+    def document(self, name: str, locale: str, **context: Any) -> str:
+        return self.document_template(name, locale).render(**context)
