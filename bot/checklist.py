@@ -78,3 +78,14 @@ def build(checked_keys: Iterable[str], locale: str) -> list[ChecklistGroup]:
         )
         for group, ko_title, en_title, items in GROUPS
     ]
+
+
+def click_changes(group: str, selected: Iterable[str], shown: Iterable[str] | None) -> dict[str, bool]:
+    """What one click on a group's checkboxes changed: the selection Slack sends minus the one the clicked message
+    showed, so two people ticking different items at the same moment never undo each other. Without the shown
+    state (no message in the payload), the selection is the whole truth for the group."""
+    group_keys = {key for key in ALL_KEYS if key.startswith(f"{group}.")}
+    ticked = set(selected) & group_keys
+    if shown is None:
+        return {key: key in ticked for key in group_keys}
+    return {key: key in ticked for key in (ticked ^ set(shown)) & group_keys}

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from bot.clock import Clock
 from bot.jobs import BackgroundJobs
-from bot.ports import Messenger
+from bot.ports import Messenger, Presenter
 from bot.render import Renderer
 from bot.settings import Settings
 from bot.timefmt import TimeFormatter
@@ -77,6 +77,7 @@ class Context:
     messenger: Messenger
     renderer: Renderer
     jobs: BackgroundJobs
+    presenter: Presenter  # lays out the messages with controls; handlers/ implements it
     # Per-process state of domains that have no class of their own yet, keyed "<module>.<what>".
     extras: dict[str, Any] = field(default_factory=dict)
     _shared: dict[type, Any] = field(default_factory=dict, repr=False)
@@ -102,7 +103,7 @@ class Context:
         return found
 
     def say(self, key: str, locale: str | None = None, **params: Any) -> str:
-        """A short localized string: `group.name` → macro `name` of templates/<locale>/messages/<group>.j2."""
+        """A short localized string: `group.name` → macro `name` of templates/messages/<group>.j2."""
         return self.renderer.say(key, locale or self.locale, **params)
 
 

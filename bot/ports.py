@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+from bot.checklist import ChecklistGroup
+from bot.render import RenderedMessage
 
 
 class MessengerError(RuntimeError):
@@ -80,3 +83,101 @@ class Messenger(Protocol):
     def is_private_channel(self, channel: str) -> bool:
         """Whether `channel` is private; a channel the bot cannot see counts as private."""
         ...
+
+
+# ---- what the domain shows, for the platform to lay out -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A status change an action item offers from where it is: `name` is a key of postmortem.TRANSITIONS."""
+
+    name: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ActionItemView:
+    item_id: int
+    body: RenderedMessage  # the item's words, from its template
+    transitions: tuple[Transition, ...]
+
+
+@dataclass(frozen=True)
+class ChecklistView:
+    incident_id: int
+    body: RenderedMessage
+    groups: tuple[ChecklistGroup, ...]
+
+
+@dataclass(frozen=True)
+class RecoveryOffer:
+    """A passing verification offers to record `recovered` at the time it measured."""
+
+    incident_id: int
+    verified_at: datetime
+    label: str
+
+
+@dataclass(frozen=True)
+class VerificationView:
+    body: RenderedMessage
+    recovery: RecoveryOffer | None
+
+
+@dataclass(frozen=True)
+class AlertChoice:
+    """What an alert's message offers: `declare` and `dismiss`, or `recovered` on a cleared alert's note."""
+
+    name: str
+    label: str
+
+
+@dataclass(frozen=True)
+class AlertView:
+    alert_id: int  # the stored notification the choices act on
+    body: RenderedMessage
+    choices: tuple[AlertChoice, ...]
+
+
+@dataclass(frozen=True)
+class RollbackConfirmation:
+    """The confirm button of a rollback proposal and the dialog it opens (service, target, traffic change)."""
+
+    rollback_id: int
+    button: str
+    title: str
+    text: str
+    confirm: str
+    deny: str
+
+
+@dataclass(frozen=True)
+class RollbackProposalView:
+    body: RenderedMessage
+    confirmation: RollbackConfirmation | None  # None once there is nothing left to confirm
+
+
+@dataclass(frozen=True)
+class RollbackOffer:
+    """Under an evidence summary that saw the canary failing: a button that proposes the rollback."""
+
+    incident_id: int
+    label: str
+
+
+class Presenter(Protocol):
+    """Lays out the messages people act on. The domain supplies the words and the choices; the platform adds its
+    controls, and owns the ids they carry, which it parses back when they are used."""
+
+    def action_item(self, view: ActionItemView) -> RenderedMessage: ...
+
+    def checklist(self, view: ChecklistView) -> RenderedMessage: ...
+
+    def verification(self, view: VerificationView) -> RenderedMessage: ...
+
+    def alert(self, view: AlertView) -> RenderedMessage: ...
+
+    def rollback_proposal(self, view: RollbackProposalView) -> RenderedMessage: ...
+
+    def rollback_offer(self, body: RenderedMessage, offer: RollbackOffer) -> RenderedMessage: ...

@@ -28,15 +28,14 @@ from bot.pm_parsing import (
     parse_lines,
     read_impact,
 )
-from bot.ports import MessengerError
-from bot.render import RenderedMessage
+from bot.ports import ActionItemView, ChecklistView, MessengerError, Transition
 from storage.models import ActionItem, ChecklistItem, ImpactValue, Incident, Note, TimelineEvent, Why
 from storage.sql import upsert
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("open", "in_progress", "done")
-# Button action → the status it sets. Action ids are `postmortem.action.<name>`.
+# A transition people can choose on an item's message → the status it sets.
 TRANSITIONS = {"start": "in_progress", "done": "done", "reopen": "open"}
 MAX_NOTES = 50
 MAX_ACTIONS = 500
@@ -188,27 +187,19 @@ def list_actions(session: Session, incident_id: int) -> list[ActionItem]:
     return sorted(items, key=lambda a: (a.status == "done", order.get(a.priority, 9), a.id))
 
 
-def action_item_message(
+def action_item_view(
     ctx: Context, item: ActionItem, incident: Incident, *, locale: str | None = None, changed_by: str | None = None,
-) -> RenderedMessage:
+) -> ActionItemView:
     locale = locale or ctx.locale
-    message = ctx.renderer.message(
+    body = ctx.renderer.message(
         "postmortem/action_item", locale, item=item, incident=incident, fmt=ctx.formatter(locale),
         now=ctx.clock.now(), changed_by=changed_by,
     )
-    buttons = [name for name, target in TRANSITIONS.items() if target != item.status]
-    elements = [
-        {
-            "type": "button",
-            "action_id": f"postmortem.action.{name}",
-            "text": {"type": "plain_text", "text": ctx.say(f"postmortem.button_{name}", locale), "emoji": True},
-            "value": str(item.id),
-            **({"style": "primary"} if name == "done" else {}),
-        }
-        for name in buttons
-    ]
-    message.blocks.append({"type": "actions", "block_id": f"pm-action:{item.id}", "elements": elements})
-    return message
+    transitions = tuple(
+        Transition(name, ctx.say(f"postmortem.button_{name}", locale))
+        for name, target in TRANSITIONS.items() if target != item.status
+    )
+    return ActionItemView(item.id, body, transitions)
 
 
 def post_action_item(ctx: Context, item_id: int, *, look_first: bool = False) -> str | None:
@@ -223,7 +214,7 @@ def post_action_item(ctx: Context, item_id: int, *, look_first: bool = False) ->
             return item.message_ts
         if incident.announcement_ts is None:
             return None
-        message = action_item_message(ctx, item, incident)
+        message = ctx.presenter.action_item(action_item_view(ctx, item, incident))
         channel, thread_ts = incident.channel_id, incident.announcement_ts
         metadata = {"event_type": ACTION_ITEM_EVENT, "event_payload": {"action_item_id": item.id}}
         since = item.created_at.timestamp()
@@ -242,7 +233,7 @@ def refresh_action_item(ctx: Context, item_id: int, channel: str, ts: str, chang
     with ctx.db.session() as session:
         item = session.get_one(ActionItem, item_id)
         incident = session.get_one(Incident, item.incident_id)
-        message = action_item_message(ctx, item, incident, changed_by=changed_by)
+        message = ctx.presenter.action_item(action_item_view(ctx, item, incident, changed_by=changed_by))
     ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
 
 
@@ -399,30 +390,12 @@ def set_checklist(
     return applied
 
 
-def checklist_message(ctx: Context, incident: Incident, checked: Iterable[str], locale: str | None = None
-                      ) -> RenderedMessage:
+def checklist_view(ctx: Context, incident: Incident, checked: Iterable[str], locale: str | None = None
+                   ) -> ChecklistView:
     locale = locale or ctx.locale
     groups = checklist.build(checked, locale)
-    message = ctx.renderer.message("postmortem/checklist", locale, incident=incident, groups=groups)
-    for group in groups:
-        options = [
-            {"text": {"type": "plain_text", "text": item.label, "emoji": True}, "value": item.key}
-            for item in group.items
-        ]
-        element: dict[str, Any] = {
-            "type": "checkboxes", "action_id": f"postmortem.checklist.{group.key}", "options": options,
-        }
-        initial = [option for option, item in zip(options, group.items, strict=True) if item.checked]
-        if initial:  # Slack rejects an empty initial_options
-            element["initial_options"] = initial
-        message.blocks.append({
-            "type": "section", "block_id": f"pm-checklist-title:{group.key}",
-            "text": {"type": "mrkdwn", "text": f"*{group.title}* ({group.done}/{group.total})"},
-        })
-        message.blocks.append({
-            "type": "actions", "block_id": f"pm-checklist:{incident.id}:{group.key}", "elements": [element],
-        })
-    return message
+    body = ctx.renderer.message("postmortem/checklist", locale, incident=incident, groups=groups)
+    return ChecklistView(incident.id, body, tuple(groups))
 
 
 def post_checklist(ctx: Context, incident_id: int) -> str:
@@ -431,7 +404,7 @@ def post_checklist(ctx: Context, incident_id: int) -> str:
         incident = session.get_one(Incident, incident_id)
         if incident.announcement_ts is None:
             raise MessengerError("announcement_not_posted", "the incident thread does not exist yet")
-        message = checklist_message(ctx, incident, checked_keys(session, incident_id))
+        message = ctx.presenter.checklist(checklist_view(ctx, incident, checked_keys(session, incident_id)))
         channel, thread_ts = incident.channel_id, incident.announcement_ts
     ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts)
     with ctx.db.session() as session:
@@ -442,21 +415,40 @@ def post_checklist(ctx: Context, incident_id: int) -> str:
 def refresh_checklist(ctx: Context, incident_id: int, channel: str, ts: str) -> None:
     with ctx.db.session() as session:
         incident = session.get_one(Incident, incident_id)
-        message = checklist_message(ctx, incident, checked_keys(session, incident_id))
+        message = ctx.presenter.checklist(checklist_view(ctx, incident, checked_keys(session, incident_id)))
     ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
 
 
 # --------------------------------------------------------------------------------------------- the edit modal
 
-EDIT_CALLBACK = "postmortem.edit"
-MODAL_LIMIT = 3000  # Slack's plain_text_input max_length
-# (block id, label macro, hint macro or None, multiline)
+# The fields `/postmortem edit` offers, in order: (name, label macro, hint macro or None).
 EDIT_FIELDS = (
     ("root_cause", "modal_root_cause", "modal_root_cause_hint"),
     ("lessons", "modal_lessons", "modal_lessons_hint"),
     ("prevention", "modal_prevention", "modal_prevention_hint"),
     ("conclusion", "modal_conclusion", None),
 )
+EDIT_FIELD_NAMES = tuple(name for name, _, _ in EDIT_FIELDS)
+
+
+@dataclass(frozen=True)
+class EditField:
+    name: str  # what save_edit reads it as
+    label: str
+    hint: str | None
+    value: str  # what is stored now; "" when nothing is
+
+
+@dataclass(frozen=True)
+class EditForm:
+    """The post-mortem's free text as one form, each field holding what is stored now."""
+
+    incident_id: int
+    header: str
+    title: str
+    submit: str
+    close: str
+    fields: tuple[EditField, ...]
 
 
 def edit_values(session: Session, incident: Incident) -> dict[str, str]:
@@ -468,40 +460,21 @@ def edit_values(session: Session, incident: Incident) -> dict[str, str]:
     }
 
 
-def edit_modal(ctx: Context, incident: Incident, values: dict[str, str], locale: str | None = None
-               ) -> dict[str, Any]:
-    """The modal's view. Raises UsageError when a stored field is longer than the modal can hold."""
+def edit_form(ctx: Context, session: Session, incident: Incident, locale: str | None = None) -> EditForm:
     locale = locale or ctx.locale
-    blocks: list[dict[str, Any]] = [{
-        "type": "context",
-        "elements": [{"type": "mrkdwn", "text": ctx.renderer.text(
-            "postmortem/edit_header", locale, incident=incident)}],
-    }]
-    for block_id, label, hint in EDIT_FIELDS:
-        value = values.get(block_id, "")
-        if len(value) > MODAL_LIMIT:
-            raise UsageError("modal_too_long", "edit", field=ctx.say(f"postmortem.{label}", locale))
-        element: dict[str, Any] = {
-            "type": "plain_text_input", "action_id": "value", "multiline": True, "max_length": MODAL_LIMIT,
-        }
-        if value:
-            element["initial_value"] = value
-        block: dict[str, Any] = {
-            "type": "input", "block_id": block_id, "optional": True, "element": element,
-            "label": {"type": "plain_text", "text": ctx.say(f"postmortem.{label}", locale), "emoji": True},
-        }
-        if hint:
-            block["hint"] = {"type": "plain_text", "text": ctx.say(f"postmortem.{hint}", locale), "emoji": True}
-        blocks.append(block)
-    return {
-        "type": "modal",
-        "callback_id": EDIT_CALLBACK,
-        "private_metadata": str(incident.id),
-        "title": {"type": "plain_text", "text": ctx.say("postmortem.modal_title", locale), "emoji": True},
-        "submit": {"type": "plain_text", "text": ctx.say("postmortem.modal_submit", locale), "emoji": True},
-        "close": {"type": "plain_text", "text": ctx.say("postmortem.modal_close", locale), "emoji": True},
-        "blocks": blocks,
-    }
+    values = edit_values(session, incident)
+    return EditForm(
+        incident_id=incident.id,
+        header=ctx.renderer.text("postmortem/edit_header", locale, incident=incident),
+        title=ctx.say("postmortem.modal_title", locale),
+        submit=ctx.say("postmortem.modal_submit", locale),
+        close=ctx.say("postmortem.modal_close", locale),
+        fields=tuple(
+            EditField(name, ctx.say(f"postmortem.{label}", locale),
+                      ctx.say(f"postmortem.{hint}", locale) if hint else None, values.get(name, ""))
+            for name, label, hint in EDIT_FIELDS
+        ),
+    )
 
 
 def save_edit(session: Session, incident: Incident, values: dict[str, str], user: str | None) -> None:

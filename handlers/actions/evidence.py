@@ -1,4 +1,4 @@
-"""Buttons and checkboxes of the evidence domain (action ids start with `evidence.`)."""
+"""Buttons of the evidence domain; their ids are built and parsed in handlers/blocks/evidence.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from bot import lifecycle
 from bot.context import Context
 from bot.evidence import service, view
 from bot.ports import MessengerError
+from handlers.blocks import evidence as blocks
 from handlers.guards import ACK_WRITTEN
 from handlers.replays import once
 from storage.models import Incident
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, ctx: Context) -> None:
-    @app.action(service.CONFIRM_RECOVERED)
+    @app.action(blocks.CONFIRM_RECOVERED)
     @once(ctx)
     def confirm_recovered(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:
         ack()
@@ -36,7 +37,7 @@ def confirm(ctx: Context, body: dict[str, Any], respond: Respond) -> None:
     """Records the `recovered` milestone at the time a passing verification measured, then redraws that message
     without its button. A stale or forged value changes nothing."""
     action = (body.get("actions") or [{}])[0]
-    parsed = service.parse_confirm_value(str(action.get("value") or ""))
+    parsed = blocks.parse_confirm_value(str(action.get("value") or ""))
     user = body.get("user") or {}
     user_id, user_name = str(user.get("id") or ""), user.get("name") or user.get("username")
     payload = service.stored_verify(ctx, parsed[0], parsed[1]) if parsed else None
@@ -44,14 +45,14 @@ def confirm(ctx: Context, body: dict[str, Any], respond: Respond) -> None:
         _ephemeral(ctx, respond, ctx.say("evidence.confirm_invalid"))
         return
     incident_id, at = parsed
-    result = lifecycle.set_milestone(ctx, incident_id, "recovered", at, user_id, user_name)
-    if not result.ok:
-        error = lifecycle.refusal(ctx, incident_id, result, usage="milestone")
+    with ctx.db.session() as session:
+        result = lifecycle.set_milestone(ctx, session, incident_id, "recovered", at, user_id, user_name)
+        error = None if result.ok else lifecycle.refusal(ctx, session, incident_id, result, usage="milestone")
+        recorded = session.get_one(Incident, incident_id).recovered_at
+    if error is not None:
         reason = ctx.say("incident.error", code=error.code, params=error.params)
         _ephemeral(ctx, respond, f"{ctx.say('evidence.confirm_failed')}\n{reason}")
         return
-    with ctx.db.session() as session:
-        recorded = session.get_one(Incident, incident_id).recovered_at
     v = view.verify_view_from_payload(payload)
     v.confirmed_by, v.confirmed_at = user_id, recorded or result.at
     container = body.get("container") or {}
@@ -62,7 +63,7 @@ def confirm(ctx: Context, body: dict[str, Any], respond: Respond) -> None:
 
 
 def _redraw(ctx: Context, incident_id: int, channel: str, ts: str, v: view.VerifyView) -> None:
-    message = service.render_verify(ctx, incident_id, v)
+    message = blocks.verification_message(service.verification_view(ctx, incident_id, v))
     try:
         ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
     except MessengerError as error:

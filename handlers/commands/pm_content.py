@@ -16,6 +16,7 @@ from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.render import most_that_fits
+from handlers.blocks import postmortem as blocks
 from handlers.commands.access import asking
 from handlers.commands.base import Answer, CommandRequest, Subcommand, postmortem_subcommand, tell
 from handlers.slack_limits import fits
@@ -151,7 +152,7 @@ def edit(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     pm_parsing.no_arguments(request.rest, "edit")
     with ctx.db.session() as session:
         incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
-        view = postmortem.edit_modal(ctx, incident, postmortem.edit_values(session, incident))
+        view = blocks.edit_modal(postmortem.edit_form(ctx, session, incident))
     if not request.trigger_id:
         raise UsageError("modal_failed", "edit", reason="no trigger_id")
     # views.open is a Slack call, so it waits for the ack; the job starts as the response is written, well

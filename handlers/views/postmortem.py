@@ -1,4 +1,4 @@
-"""The `/postmortem edit` modal (callback id `postmortem.edit`, private_metadata = incident id).
+"""Submissions of the `/postmortem edit` modal (built and parsed in handlers/blocks/postmortem.py).
 
 Bad input comes back as Slack's field errors (response_action "errors") and nothing is stored; a good
 submission saves root cause, lessons, prevention and conclusion in one transaction.
@@ -15,22 +15,12 @@ from bot import incidents, pm_parsing, postmortem
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
-from bot.sanitize import clean_text
+from handlers.blocks import postmortem as blocks
 from handlers.guards import ACK_WRITTEN
 from handlers.replays import once
 from storage.models import Incident
 
 log = logging.getLogger(__name__)
-
-
-def submitted_values(view: dict[str, Any]) -> dict[str, str]:
-    values = (view.get("state") or {}).get("values") or {}
-    out: dict[str, str] = {}
-    for block_id, _, _ in postmortem.EDIT_FIELDS:
-        entry = (values.get(block_id) or {}).get("value") or {}
-        value = entry.get("value") if isinstance(entry, dict) else None
-        out[block_id] = clean_text(value) if isinstance(value, str) else ""
-    return out
 
 
 def field_errors(ctx: Context, values: dict[str, str]) -> dict[str, str]:
@@ -48,18 +38,18 @@ def field_errors(ctx: Context, values: dict[str, str]) -> dict[str, str]:
 
 
 def on_submit(ctx: Context, ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-    metadata = str(view.get("private_metadata") or "")
     user = (body.get("user") or {}).get("id")
-    values = submitted_values(view)
+    values = blocks.submitted_values(view)
     errors = field_errors(ctx, values)
     if errors:
         ack(response_action="errors", errors=errors)
         return
-    if not metadata.isdigit():
+    incident_id = blocks.edit_incident_id(view)
+    if incident_id is None:
         ack()
         return
     with ctx.db.session() as session:
-        incident = session.get(Incident, int(metadata))
+        incident = session.get(Incident, incident_id)
         if incident is None:
             ack()
             return
@@ -79,7 +69,7 @@ def _after_save(ctx: Context, incident_id: int, channel: str, user: str | None, 
 
 
 def register(app: App, ctx: Context) -> None:
-    @app.view(postmortem.EDIT_CALLBACK)
+    @app.view(blocks.EDIT_CALLBACK)
     @once(ctx)
     def edit_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext) -> None:
         with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
