@@ -17,7 +17,7 @@ from slack_bolt import App
 from sqlalchemy.exc import SQLAlchemyError
 
 import handlers
-from bot import access, incidents, lifecycle, postmortem, reminders, report
+from bot import access, alerts, incidents, lifecycle, postmortem, reminders, report, reports, rollback
 from bot.clock import Clock, SystemClock
 from bot.context import Context, set_current
 from bot.evidence import service as evidence
@@ -26,9 +26,9 @@ from bot.logsetup import configure_logging
 from bot.ports import Messenger
 from bot.render import Renderer
 from bot.settings import Settings, SettingsError, load_settings
-from handlers import guards
+from handlers import alerts_webhook, guards
+from handlers.blocks import SlackPresenter
 from handlers.messenger import SlackMessenger, make_web_client
-from sandbox.demo import run_demo
 from storage import migrate
 from storage.db import Database
 
@@ -97,6 +97,7 @@ def build_context(settings: Settings, *, clock: Clock | None = None, messenger: 
         messenger=messenger,
         renderer=Renderer(),
         jobs=BackgroundJobs(workers=8),
+        presenter=SlackPresenter(),
     )
     for install in _feature_installers():
         install(ctx)
@@ -105,7 +106,8 @@ def build_context(settings: Settings, *, clock: Clock | None = None, messenger: 
 
 def _feature_installers() -> list[Callable[[Context], None]]:
     """Domains that hook into open/announce/start/sweep register themselves here."""
-    return [reminders.install, lifecycle.install, postmortem.install, evidence.install, access.install]
+    return [reminders.install, lifecycle.install, postmortem.install, evidence.install, access.install,
+            alerts.install, rollback.install]
 
 
 def build_bolt_app(ctx: Context) -> App:
@@ -132,6 +134,7 @@ def _json_response(start_response: Callable[..., Any], status: str, payload: dic
 
 def make_wsgi(ctx: Context, bolt: App) -> Callable[..., Iterable[bytes]]:
     slack_handler = guards.GuardedRequestHandler(bolt, ctx.settings.slack_signing_secret, MAX_BODY_BYTES)
+    alert_webhook = alerts_webhook.make_webhook(ctx)
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -153,6 +156,8 @@ def make_wsgi(ctx: Context, bolt: App) -> Callable[..., Iterable[bytes]]:
             if length > MAX_BODY_BYTES:
                 return _json_response(start_response, "413 Content Too Large", {"error": "body over 1 MiB"})
             return slack_handler(environ, start_response)
+        if path == alerts_webhook.ROUTE:
+            return alert_webhook(environ, start_response)
         return _json_response(start_response, "404 Not Found", {"error": "not found"})
 
     return wsgi
@@ -280,13 +285,19 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"incident-bot: no incident {args.incident_id}", file=sys.stderr)
                 return 1
             incident_id = incident.id
-        text = report.render_report(ctx, incident_id, args.locale or settings.locale)
+        locale = args.locale or settings.locale
+        # The evidence chart goes beside a written file, under the name the document embeds; stdout has no beside.
+        picture = reports.report_chart(ctx, incident_id, locale) if args.output else None
+        text = report.render_report(ctx, incident_id, locale, chart_file=picture.filename if picture else None)
     except SQLAlchemyError as error:
         print(f"incident-bot: cannot read the database at {where} ({type(error).__name__})", file=sys.stderr)
         return 1
     finally:
         ctx.db.dispose()
     if args.output:
+        if picture is not None and picture.png is not None:
+            with open(os.path.join(os.path.dirname(os.path.abspath(args.output)), picture.filename), "wb") as image:
+                image.write(picture.png)
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
     else:
@@ -295,6 +306,10 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here, not to dodge a circle (sandbox never imports app), but so that `serve` never loads the
+    # sandbox's fake Slack and Google servers: the demo is a development tool, not part of production start-up.
+    from sandbox.demo import run_demo
+
     return run_demo(build_runtime, output_dir=args.output_dir, locale=args.locale)
 
 

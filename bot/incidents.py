@@ -1,4 +1,8 @@
-"""Opening incidents, finding them, and keeping their announcement in Slack."""
+"""Opening incidents, finding them, and keeping their announcement in Slack.
+
+Opening and finding work in the caller's unit of work (the handler opens it). Posting the announcement is a job:
+it opens its own short units of work around the Slack call, never one across it.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from sqlalchemy.orm import Session
 from bot import durations, timeline
 from bot.access import Asker
 from bot.context import Context
+from bot.jobs import after_commit
 from bot.parsing import OpenRequest, UsageError
 from bot.ports import MessengerError
 from storage.models import Incident, IncidentSequence, RoleAssignment
@@ -37,36 +42,37 @@ def next_sequence(session: Session, day: str) -> int:
 
 
 def open_incident(
-    ctx: Context, request: OpenRequest, *, channel_id: str, user_id: str, user_name: str | None = None
+    ctx: Context, session: Session, request: OpenRequest, *, channel_id: str, user_id: str,
+    user_name: str | None = None,
 ) -> Incident:
     now = ctx.clock.now()
     day = now.astimezone(ctx.settings.timezone).strftime("%Y%m%d")
     service = request.service or ctx.settings.cloud_run_service
-    with ctx.db.session() as session:
-        seq = next_sequence(session, day)
-        incident = Incident(
-            public_id=f"INCIDENT-{day}-{seq:03d}",
-            day=day,
-            seq=seq,
-            title=request.title,
-            severity=request.severity,
-            status="investigating",
-            service=service,
-            channel_id=channel_id,
-            opened_by=user_id,
-            opened_at=now,
-            meeting_at=now + ctx.settings.postmortem_meeting_after,
-            # The guide's announcement reads "실패 감지" at open: opening is the moment a person saw it.
-            detected_at=now,
-        )
-        session.add(incident)
-        session.flush()
-        timeline.add_system_event(
-            session, incident, actor=user_id, actor_name=user_name, at=now, action="opened",
-            data={"title": request.title, "severity": request.severity, "service": service},
-        )
-        ctx.hooks.on_open.fire(session, incident)
-    log.info("incident opened", extra={"json_fields": {"incident_id": incident.public_id}})
+    seq = next_sequence(session, day)
+    incident = Incident(
+        public_id=f"INCIDENT-{day}-{seq:03d}",
+        day=day,
+        seq=seq,
+        title=request.title,
+        severity=request.severity,
+        status="investigating",
+        service=service,
+        channel_id=channel_id,
+        opened_by=user_id,
+        opened_at=now,
+        meeting_at=now + ctx.settings.postmortem_meeting_after,
+        # The guide's announcement reads "실패 감지" at open: opening is the moment a person saw it.
+        detected_at=now,
+    )
+    session.add(incident)
+    session.flush()
+    timeline.add_system_event(
+        session, incident, actor=user_id, actor_name=user_name, at=now, action="opened",
+        data={"title": request.title, "severity": request.severity, "service": service},
+    )
+    ctx.hooks.on_open.fire(session, incident)
+    public_id = incident.public_id
+    after_commit(session, lambda: log.info("incident opened", extra={"json_fields": {"incident_id": public_id}}))
     return incident
 
 
@@ -109,21 +115,20 @@ class Claim:
     retried: bool  # an earlier claim may have posted it: look in the channel before posting
 
 
-def claim_announcement(ctx: Context, incident_id: int) -> Claim | None:
+def claim_announcement(ctx: Context, session: Session, incident_id: int) -> Claim | None:
     """Takes the lease on posting; None when it is posted already or someone else is posting it."""
     now = ctx.clock.now()
-    with ctx.db.session() as session:
-        posted, held_until = session.execute(
-            select(Incident.announcement_ts, Incident.announce_claimed_until).where(Incident.id == incident_id)
-        ).one()
-        if posted is not None or (held_until is not None and held_until >= now):
-            return None
-        until = now + announce_lease(ctx)
-        # Compare-and-set on the lease we saw, so that we also learn whether anyone claimed it before us.
-        if not claim_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
-                           Incident.announcement_ts.is_(None), now=now, until=until, seen=held_until):
-            return None
-        return Claim(until, retried=held_until is not None)
+    posted, held_until = session.execute(
+        select(Incident.announcement_ts, Incident.announce_claimed_until).where(Incident.id == incident_id)
+    ).one()
+    if posted is not None or (held_until is not None and held_until >= now):
+        return None
+    until = now + announce_lease(ctx)
+    # Compare-and-set on the lease we saw, so that we also learn whether anyone claimed it before us.
+    if not claim_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
+                       Incident.announcement_ts.is_(None), now=now, until=until, seen=held_until):
+        return None
+    return Claim(until, retried=held_until is not None)
 
 
 @contextmanager
@@ -158,14 +163,16 @@ def _holding(ctx: Context, incident_id: int, claim: Claim) -> Iterator[None]:
 
 
 def post_announcement(ctx: Context, incident_id: int) -> str | None:
-    """Posts the announcement once. Returns its ts when this call put it on record; None when it is on record
-    already or another worker holds the lease.
+    """Posts the announcement once. Returns its ts when this call put it on record, and only then fires
+    `on_announced` (the one place it fires, so one announcement is announced once whoever posts it); None when
+    it is on record already or another worker holds the lease.
 
     Raises MessengerError when it could not be posted; with `outcome_unknown` set, Slack may have posted it all
     the same. The incident stays stored and the retry sweep finishes the job, and whenever an earlier attempt
     may have posted it, looks in the channel for it (by its metadata) before posting.
     """
-    claim = claim_announcement(ctx, incident_id)
+    with ctx.db.session() as session:
+        claim = claim_announcement(ctx, session, incident_id)
     if claim is None:
         return None
     # Rendering only reads: on SQLite a write session here would hold the write lock that opens wait for.
@@ -195,6 +202,11 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
             .where(Incident.id == incident_id)
             .values(announcement_ts=ts, announcement_error=None, announce_claimed_until=None)
         )
+    try:
+        ctx.hooks.on_announced.fire(incident_id)
+    except Exception:
+        # The post is on record: a reaction's failure must not read as a failed announcement to the caller.
+        log.exception("a reaction to the announcement failed", extra={"json_fields": {"incident_db_id": incident_id}})
     return ts
 
 
@@ -214,7 +226,6 @@ def retry_pending_announcements(ctx: Context) -> int:
         try:
             if post_announcement(ctx, incident_id):
                 posted += 1
-                ctx.hooks.on_announced.fire(incident_id)
         except MessengerError as error:
             log.warning("announcement retry failed: %s", error.kind)
     return posted

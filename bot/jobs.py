@@ -10,9 +10,43 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
 log = logging.getLogger(__name__)
 
 HOLD_AT_MOST_SECONDS = 3.0
+
+
+_AFTER_COMMIT = "jobs.after_commit"
+
+
+def after_commit(session: Session, then: Callable[[], object], *, state_key: str | None = None) -> None:
+    """Calls `then` on the committing thread once the session's transaction has committed; a rollback drops it,
+    and with it `session.info[state_key]` (what `then` was to read), so nothing of a rolled-back unit lingers.
+
+    Domain functions work in their caller's unit of work, so this is how they hand on what must never run before
+    (or without) the commit: Slack calls, timers. `then` must not use the session; it usually submits jobs.
+    """
+    queued: list[tuple[Callable[[], object], str | None]] | None = session.info.get(_AFTER_COMMIT)
+    if queued is None:
+        queued = session.info[_AFTER_COMMIT] = []
+        event.listen(session, "after_commit", _run_committed)
+        event.listen(session, "after_rollback", _drop_rolled_back)
+    queued.append((then, state_key))
+
+
+def _run_committed(session: Session) -> None:
+    queued, session.info[_AFTER_COMMIT] = session.info.get(_AFTER_COMMIT, []), []
+    for then, _ in queued:
+        then()
+
+
+def _drop_rolled_back(session: Session) -> None:
+    queued, session.info[_AFTER_COMMIT] = session.info.get(_AFTER_COMMIT, []), []
+    for _, state_key in queued:
+        if state_key is not None:
+            session.info.pop(state_key, None)
 
 
 def wait_for_ack(written: threading.Event | None) -> None:

@@ -1,10 +1,12 @@
 """An incident's lifecycle: status, severity, roles and milestones.
 
-Each change is one transaction that locks the incident row, stores the new value and its timeline event
-(who, what, old → new), and fires the lifecycle hooks. Slack work comes after the commit, in the background:
-the announcement is re-rendered and updated in place (chat.update), and closing or reopening says so in the
-thread. A failed chat.update leaves `announcement_error` set on the incident; the sweep (`on_sweep`) retries
-those, so the stored change is never lost and the announcement catches up.
+Each change works in its caller's unit of work (the handler or job opens it and passes the session): it locks
+the incident row, stores the new value and its timeline event (who, what, old → new), and fires the lifecycle
+hooks. Slack work is queued for after the commit (bot.jobs.after_commit) and runs in the background: the
+announcement is re-rendered and updated in place (chat.update), and closing or reopening says so in the
+thread; a rollback queues nothing. A failed chat.update leaves `announcement_error` set on the incident; the
+sweep (`on_sweep`) retries those, so the stored change is never lost and the announcement catches up. The
+jobs at the end of the module open their own short units of work, never one across a Slack call.
 
 Rules the issue leaves to us, decided here:
 - Milestones are kept to the minute, as the guide writes them, and can never be in the future.
@@ -33,6 +35,7 @@ from bot import durations, incidents, timeline
 from bot.access import Asker
 from bot.context import Context
 from bot.durations import OrderConflict
+from bot.jobs import after_commit
 from bot.parsing import CLOSED_STATUSES, UsageError
 from bot.ports import MessengerError
 from bot.render import RenderedMessage, most_that_fits
@@ -119,8 +122,9 @@ def _event(session: Session, incident: Incident, **kwargs: Any) -> TimelineEvent
     return event
 
 
-def _added(session: Session) -> list[TimelineEvent]:
-    added: list[TimelineEvent] = session.info.setdefault(_ADDED, [])
+def _take_added(session: Session) -> list[TimelineEvent]:
+    """The events this change added, taken off the session so a second change in it starts afresh."""
+    added: list[TimelineEvent] = session.info.pop(_ADDED, [])
     return added
 
 
@@ -183,75 +187,71 @@ def _close(ctx: Context, session: Session, incident: Incident, status: str, acto
 
 
 def change_status(
-    ctx: Context, incident_id: int, new: str, *, actor: str | None, actor_name: str | None,
+    ctx: Context, session: Session, incident_id: int, new: str, *, actor: str | None, actor_name: str | None,
     report: Report | None = None,
 ) -> Change:
     """Raises UsageError when the change is refused (closed incident, or resolving out of milestone order)."""
     now = ctx.clock.now()
-    with ctx.db.session() as session:
-        incident = _lock(session, incident_id)
-        old = incident.status
-        if new == old:
-            return Change(incident.public_id, "unchanged", old, new)
-        reopened = closed = False
-        if not incident.is_open:
-            if new != "investigating":
-                raise _refuse_closed(incident, "status")
-            cleared = {"resolved_at": incident.resolved_at, "cancelled_at": incident.cancelled_at}
-            incident.status, incident.resolved_at, incident.cancelled_at = new, None, None
-            _hide_milestone_events(session, incident.id, "resolved", now)
-            _event(
-                session, incident, actor=actor, actor_name=actor_name, at=now, action="status",
-                data={"old": old, "new": new, "reopened": True,
-                      **{k: v.isoformat() for k, v in cleared.items() if v is not None}},
-            )
-            session.flush()
-            ctx.hooks.on_reopened.fire(session, incident)
-            reopened = True
-        elif new in CLOSED_STATUSES:
-            if new == "resolved" and incident.resolved_at is None:
-                at = minute(now)
-                conflict = durations.order_conflict(incidents.milestone_times(incident), "resolved", at)
-                if conflict is not None:
-                    raise order_error(ctx, incident, conflict, at, "status")
-                _record_milestone(ctx, session, incident, "resolved", at, actor=actor, actor_name=actor_name,
-                                  source={"via": "status"})
-            _close(ctx, session, incident, new, actor, actor_name)
-            closed = True
-        else:
-            incident.status = new
-            _event(
-                session, incident, actor=actor, actor_name=actor_name, at=now, action="status",
-                data={"old": old, "new": new},
-            )
-        public_id, added = incident.public_id, _added(session)
-    after_change(ctx, incident_id, notice="closed" if closed else "reopened" if reopened else None,
-                 actor=actor, actor_name=actor_name, report=report, events=added)
-    return Change(public_id, "changed", old, new, closed=closed, reopened=reopened)
+    incident = _lock(session, incident_id)
+    old = incident.status
+    if new == old:
+        return Change(incident.public_id, "unchanged", old, new)
+    reopened = closed = False
+    if not incident.is_open:
+        if new != "investigating":
+            raise _refuse_closed(incident, "status")
+        cleared = {"resolved_at": incident.resolved_at, "cancelled_at": incident.cancelled_at}
+        incident.status, incident.resolved_at, incident.cancelled_at = new, None, None
+        _hide_milestone_events(session, incident.id, "resolved", now)
+        _event(
+            session, incident, actor=actor, actor_name=actor_name, at=now, action="status",
+            data={"old": old, "new": new, "reopened": True,
+                  **{k: v.isoformat() for k, v in cleared.items() if v is not None}},
+        )
+        session.flush()
+        ctx.hooks.on_reopened.fire(session, incident)
+        reopened = True
+    elif new in CLOSED_STATUSES:
+        if new == "resolved" and incident.resolved_at is None:
+            at = minute(now)
+            conflict = durations.order_conflict(incidents.milestone_times(incident), "resolved", at)
+            if conflict is not None:
+                raise order_error(ctx, incident, conflict, at, "status")
+            _record_milestone(ctx, session, incident, "resolved", at, actor=actor, actor_name=actor_name,
+                              source={"via": "status"})
+        _close(ctx, session, incident, new, actor, actor_name)
+        closed = True
+    else:
+        incident.status = new
+        _event(
+            session, incident, actor=actor, actor_name=actor_name, at=now, action="status",
+            data={"old": old, "new": new},
+        )
+    _after_commit_change(ctx, session, incident_id, notice="closed" if closed else "reopened" if reopened else None,
+                         actor=actor, actor_name=actor_name, report=report)
+    return Change(incident.public_id, "changed", old, new, closed=closed, reopened=reopened)
 
 
 # ---- severity ---------------------------------------------------------------------------------------------------
 
 
 def change_severity(
-    ctx: Context, incident_id: int, new: str, *, actor: str | None, actor_name: str | None,
+    ctx: Context, session: Session, incident_id: int, new: str, *, actor: str | None, actor_name: str | None,
     report: Report | None = None,
 ) -> Change:
-    with ctx.db.session() as session:
-        incident = _lock(session, incident_id)
-        if not incident.is_open:
-            raise _refuse_closed(incident, "severity")
-        old = incident.severity
-        if old == new:
-            return Change(incident.public_id, "unchanged", old, new)
-        incident.severity = new
-        _event(
-            session, incident, actor=actor, actor_name=actor_name, at=ctx.clock.now(), action="severity",
-            data={"old": old, "new": new},
-        )
-        public_id, added = incident.public_id, _added(session)
-    after_change(ctx, incident_id, report=report, events=added)
-    return Change(public_id, "changed", old, new)
+    incident = _lock(session, incident_id)
+    if not incident.is_open:
+        raise _refuse_closed(incident, "severity")
+    old = incident.severity
+    if old == new:
+        return Change(incident.public_id, "unchanged", old, new)
+    incident.severity = new
+    _event(
+        session, incident, actor=actor, actor_name=actor_name, at=ctx.clock.now(), action="severity",
+        data={"old": old, "new": new},
+    )
+    _after_commit_change(ctx, session, incident_id, report=report)
+    return Change(incident.public_id, "changed", old, new)
 
 
 # ---- roles ------------------------------------------------------------------------------------------------------
@@ -275,33 +275,171 @@ def _last_role_name(session: Session, incident_id: int, role: str, user_id: str)
 
 
 def assign_role(
-    ctx: Context, incident_id: int, role: str, user_id: str, user_name: str | None, *, actor: str | None,
-    actor_name: str | None, report: Report | None = None,
+    ctx: Context, session: Session, incident_id: int, role: str, user_id: str, user_name: str | None, *,
+    actor: str | None, actor_name: str | None, report: Report | None = None,
 ) -> Change:
-    with ctx.db.session() as session:
-        incident = _lock(session, incident_id)
-        if not incident.is_open:
-            raise _refuse_closed(incident, "role")
-        current = session.scalars(
-            select(RoleAssignment).where(RoleAssignment.incident_id == incident.id, RoleAssignment.role == role)
-        ).first()
-        old = current.user_id if current else None
-        if old == user_id:
-            return Change(incident.public_id, "unchanged", old, user_id)
-        now = ctx.clock.now()
-        old_name = _last_role_name(session, incident.id, role, old) if old else None
-        if current is None:
-            session.add(RoleAssignment(incident_id=incident.id, role=role, user_id=user_id, assigned_by=actor,
-                                       assigned_at=now))
-        else:
-            current.user_id, current.assigned_by, current.assigned_at = user_id, actor, now
-        _event(
-            session, incident, actor=actor, actor_name=actor_name, at=now, action="role",
-            data={"role": role, "old": old, "old_name": old_name, "new": user_id, "new_name": user_name},
+    incident = _lock(session, incident_id)
+    if not incident.is_open:
+        raise _refuse_closed(incident, "role")
+    current = session.scalars(
+        select(RoleAssignment).where(RoleAssignment.incident_id == incident.id, RoleAssignment.role == role)
+    ).first()
+    old = current.user_id if current else None
+    if old == user_id:
+        return Change(incident.public_id, "unchanged", old, user_id)
+    now = ctx.clock.now()
+    old_name = _last_role_name(session, incident.id, role, old) if old else None
+    if current is None:
+        session.add(RoleAssignment(incident_id=incident.id, role=role, user_id=user_id, assigned_by=actor,
+                                   assigned_at=now))
+    else:
+        current.user_id, current.assigned_by, current.assigned_at = user_id, actor, now
+    _event(
+        session, incident, actor=actor, actor_name=actor_name, at=now, action="role",
+        data={"role": role, "old": old, "old_name": old_name, "new": user_id, "new_name": user_name},
+    )
+    _after_commit_change(ctx, session, incident_id, report=report)
+    return Change(incident.public_id, "changed", old, user_id)
+
+
+# ---- milestones -------------------------------------------------------------------------------------------------
+
+
+def set_milestone(
+    ctx: Context, session: Session, incident_id: int, name: str, at: datetime | None, actor: str | None,
+    actor_name: str | None, *, source: dict[str, Any] | None = None, report: Report | None = None,
+) -> MilestoneResult:
+    """Sets (or corrects) one milestone; `at=None` means now. Never raises for a refusal: the result says why.
+
+    The entry point for commands, reactions and other domains (evidence proposes `recovered` with a button).
+    `milestone resolved` on an open incident resolves it. `source` lands in the event's data (e.g. the Slack
+    message a reaction was on).
+    """
+    now = ctx.clock.now()
+    when = minute(at if at is not None else now)
+    incident = _lock(session, incident_id)
+    base: _MilestoneFacts = {"public_id": incident.public_id, "milestone": name, "at": when,
+                             "incident_status": incident.status}
+    old = getattr(incident, f"{name}_at")
+    if when > now:
+        return MilestoneResult(outcome="refused", reason="future", old=old, **base)
+    if name == "resolved" and incident.status == "cancelled":
+        return MilestoneResult(outcome="refused", reason="closed", old=old, **base)
+    if old == when and (name != "resolved" or not incident.is_open):
+        return MilestoneResult(outcome="unchanged", old=old, **base)
+    conflict = durations.order_conflict(incidents.milestone_times(incident), name, when)
+    if conflict is not None:
+        return MilestoneResult(outcome="refused", reason="order", old=old, conflict=conflict, **base)
+    if old != when:
+        _record_milestone(ctx, session, incident, name, when, actor=actor, actor_name=actor_name, source=source)
+    closed = name == "resolved" and incident.is_open
+    if closed:
+        _close(ctx, session, incident, "resolved", actor, actor_name)
+    base["incident_status"] = incident.status
+    _after_commit_change(ctx, session, incident_id, notice="closed" if closed else None, actor=actor,
+                         actor_name=actor_name, report=report)
+    return MilestoneResult(outcome="set", old=old, closed=closed, **base)
+
+
+def undo_milestone(ctx: Context, session: Session, incident_id: int, name: str, *, source_channel: str,
+                   source_ts: str, actor: str) -> bool:
+    """Takes back a milestone a reaction set, when that same person removes the reaction and nothing has changed
+    the milestone since. It returns to its earlier value (or to unset). `resolved` is never undone this way."""
+    if name == "resolved":
+        return False
+    incident = _lock(session, incident_id)
+    event = session.scalars(
+        select(TimelineEvent)
+        .where(
+            TimelineEvent.incident_id == incident.id,
+            TimelineEvent.kind == "system",
+            TimelineEvent.deleted_at.is_(None),
+            TimelineEvent.data["action"].as_string() == "milestone",
+            TimelineEvent.data["milestone"].as_string() == name,
         )
-        public_id, added = incident.public_id, _added(session)
-    after_change(ctx, incident_id, report=report, events=added)
-    return Change(public_id, "changed", old, user_id)
+        .order_by(TimelineEvent.id.desc())
+        .limit(1)
+    ).first()
+    data = event.data if event is not None else None
+    current = getattr(incident, f"{name}_at")
+    if (
+        data is None or event is None or event.author_id != actor
+        or data.get("source_channel") != source_channel or data.get("source_ts") != source_ts
+        or current is None or data.get("new") != current.isoformat()
+    ):
+        return False
+    previous = datetime.fromisoformat(data["old"]) if data.get("old") else None
+    if previous is not None and durations.order_conflict(
+        incidents.milestone_times(incident), name, previous
+    ) is not None:
+        return False
+    _record_milestone(ctx, session, incident, name, previous, actor=actor, actor_name=event.author_name,
+                      source={"via": "reaction_removed", "source_channel": source_channel, "source_ts": source_ts})
+    _after_commit_change(ctx, session, incident_id)
+    return True
+
+
+def order_error(ctx: Context, incident: Incident, conflict: OrderConflict, at: datetime, usage: str) -> UsageError:
+    return UsageError("milestone_order", usage, **order_params(ctx, incident, conflict, at))
+
+
+def order_params(ctx: Context, incident: Incident, conflict: OrderConflict, at: datetime) -> dict[str, Any]:
+    return {
+        "milestone": conflict.milestone, "at": display(ctx, incident, at), "other": conflict.other,
+        "other_at": display(ctx, incident, conflict.other_at), "relation": conflict.relation,
+    }
+
+
+def refusal(ctx: Context, session: Session, incident_id: int, result: MilestoneResult,
+            usage: str = "milestone") -> UsageError:
+    """The UsageError that explains a refused milestone, for the command's answer or a reaction's ephemeral."""
+    incident = session.get_one(Incident, incident_id)
+    if result.reason == "order" and result.conflict is not None:
+        return order_error(ctx, incident, result.conflict, result.at, usage)
+    if result.reason == "future":
+        return UsageError("future_time", usage, value=display(ctx, incident, result.at))
+    return _refuse_closed(incident, usage)
+
+
+# ---- after the commit: jobs for the announcement and the thread, each opening its own short units of work ----
+
+
+@dataclass
+class _RefreshState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    queued: set[int] = field(default_factory=set)
+    per_incident: dict[int, threading.Lock] = field(default_factory=dict)
+
+    def incident_lock(self, incident_id: int) -> threading.Lock:
+        with self.lock:
+            return self.per_incident.setdefault(incident_id, threading.Lock())
+
+
+def _state(ctx: Context) -> _RefreshState:
+    state: _RefreshState | None = ctx.extras.get("lifecycle.refresh")
+    if state is None:
+        state = ctx.extras.setdefault("lifecycle.refresh", _RefreshState())
+    return state
+
+
+def _after_commit_change(ctx: Context, session: Session, incident_id: int, *, notice: str | None = None,
+                         actor: str | None = None, actor_name: str | None = None,
+                         report: Report | None = None) -> None:
+    """Queues the Slack side of a stored change for once the caller's transaction commits."""
+    events = _take_added(session)
+    after_commit(session, lambda: after_change(ctx, incident_id, notice=notice, actor=actor, actor_name=actor_name,
+                                               report=report, events=events))
+
+
+def after_change(ctx: Context, incident_id: int, *, notice: str | None = None, actor: str | None = None,
+                 actor_name: str | None = None, report: Report | None = None,
+                 events: list[TimelineEvent] | None = None) -> None:
+    """The Slack side of a committed change, as background jobs: names, the announcement, the thread notice."""
+    if events:
+        ctx.jobs.submit(complete_names, ctx, [e.id for e in events])
+    request_refresh(ctx, incident_id, report=report)
+    if notice is not None:
+        ctx.jobs.submit(post_notice, ctx, incident_id, notice, actor, actor_name, report)
 
 
 def complete_names(ctx: Context, event_ids: list[int]) -> None:
@@ -329,144 +467,6 @@ def complete_names(ctx: Context, event_ids: list[int]) -> None:
                     if data.get(key) in names:
                         data[f"{key}_name"] = names[data[key]]
                 e.data = data
-
-
-# ---- milestones -------------------------------------------------------------------------------------------------
-
-
-def set_milestone(
-    ctx: Context, incident_id: int, name: str, at: datetime | None, actor: str | None, actor_name: str | None,
-    *, source: dict[str, Any] | None = None, report: Report | None = None,
-) -> MilestoneResult:
-    """Sets (or corrects) one milestone; `at=None` means now. Never raises for a refusal: the result says why.
-
-    The entry point for commands, reactions and other domains (evidence proposes `recovered` with a button).
-    `milestone resolved` on an open incident resolves it. `source` lands in the event's data (e.g. the Slack
-    message a reaction was on).
-    """
-    now = ctx.clock.now()
-    when = minute(at if at is not None else now)
-    closed = False
-    with ctx.db.session() as session:
-        incident = _lock(session, incident_id)
-        base: _MilestoneFacts = {"public_id": incident.public_id, "milestone": name, "at": when,
-                                 "incident_status": incident.status}
-        old = getattr(incident, f"{name}_at")
-        if when > now:
-            return MilestoneResult(outcome="refused", reason="future", old=old, **base)
-        if name == "resolved" and incident.status == "cancelled":
-            return MilestoneResult(outcome="refused", reason="closed", old=old, **base)
-        if old == when and (name != "resolved" or not incident.is_open):
-            return MilestoneResult(outcome="unchanged", old=old, **base)
-        conflict = durations.order_conflict(incidents.milestone_times(incident), name, when)
-        if conflict is not None:
-            return MilestoneResult(outcome="refused", reason="order", old=old, conflict=conflict, **base)
-        if old != when:
-            _record_milestone(ctx, session, incident, name, when, actor=actor, actor_name=actor_name,
-                              source=source)
-        if name == "resolved" and incident.is_open:
-            _close(ctx, session, incident, "resolved", actor, actor_name)
-            closed = True
-        base["incident_status"] = incident.status
-        added = _added(session)
-    after_change(ctx, incident_id, notice="closed" if closed else None, actor=actor, actor_name=actor_name,
-                 report=report,
-                 events=added)
-    return MilestoneResult(outcome="set", old=old, closed=closed, **base)
-
-
-def undo_milestone(ctx: Context, incident_id: int, name: str, *, source_channel: str, source_ts: str,
-                   actor: str) -> bool:
-    """Takes back a milestone a reaction set, when that same person removes the reaction and nothing has changed
-    the milestone since. It returns to its earlier value (or to unset). `resolved` is never undone this way."""
-    if name == "resolved":
-        return False
-    with ctx.db.session() as session:
-        incident = _lock(session, incident_id)
-        event = session.scalars(
-            select(TimelineEvent)
-            .where(
-                TimelineEvent.incident_id == incident.id,
-                TimelineEvent.kind == "system",
-                TimelineEvent.deleted_at.is_(None),
-                TimelineEvent.data["action"].as_string() == "milestone",
-                TimelineEvent.data["milestone"].as_string() == name,
-            )
-            .order_by(TimelineEvent.id.desc())
-            .limit(1)
-        ).first()
-        data = event.data if event is not None else None
-        current = getattr(incident, f"{name}_at")
-        if (
-            data is None or event is None or event.author_id != actor
-            or data.get("source_channel") != source_channel or data.get("source_ts") != source_ts
-            or current is None or data.get("new") != current.isoformat()
-        ):
-            return False
-        previous = datetime.fromisoformat(data["old"]) if data.get("old") else None
-        if previous is not None and durations.order_conflict(
-            incidents.milestone_times(incident), name, previous
-        ) is not None:
-            return False
-        _record_milestone(ctx, session, incident, name, previous, actor=actor, actor_name=event.author_name,
-                          source={"via": "reaction_removed", "source_channel": source_channel,
-                                  "source_ts": source_ts})
-        added = _added(session)
-    after_change(ctx, incident_id, events=added)
-    return True
-
-
-def order_error(ctx: Context, incident: Incident, conflict: OrderConflict, at: datetime, usage: str) -> UsageError:
-    return UsageError("milestone_order", usage, **order_params(ctx, incident, conflict, at))
-
-
-def order_params(ctx: Context, incident: Incident, conflict: OrderConflict, at: datetime) -> dict[str, Any]:
-    return {
-        "milestone": conflict.milestone, "at": display(ctx, incident, at), "other": conflict.other,
-        "other_at": display(ctx, incident, conflict.other_at), "relation": conflict.relation,
-    }
-
-
-def refusal(ctx: Context, incident_id: int, result: MilestoneResult, usage: str = "milestone") -> UsageError:
-    """The UsageError that explains a refused milestone, for the command's answer or a reaction's ephemeral."""
-    with ctx.db.session() as session:
-        incident = session.get_one(Incident, incident_id)
-        if result.reason == "order" and result.conflict is not None:
-            return order_error(ctx, incident, result.conflict, result.at, usage)
-        if result.reason == "future":
-            return UsageError("future_time", usage, value=display(ctx, incident, result.at))
-        return _refuse_closed(incident, usage)
-
-
-# ---- after a change: the announcement and the thread ----------------------------------------------------------
-
-
-@dataclass
-class _RefreshState:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    queued: set[int] = field(default_factory=set)
-    per_incident: dict[int, threading.Lock] = field(default_factory=dict)
-
-    def incident_lock(self, incident_id: int) -> threading.Lock:
-        with self.lock:
-            return self.per_incident.setdefault(incident_id, threading.Lock())
-
-
-def _state(ctx: Context) -> _RefreshState:
-    state: _RefreshState | None = ctx.extras.get("lifecycle.refresh")
-    if state is None:
-        state = ctx.extras.setdefault("lifecycle.refresh", _RefreshState())
-    return state
-
-
-def after_change(ctx: Context, incident_id: int, *, notice: str | None = None, actor: str | None = None,
-                 actor_name: str | None = None, report: Report | None = None,
-                 events: list[TimelineEvent] | None = None) -> None:
-    if events:
-        ctx.jobs.submit(complete_names, ctx, [e.id for e in events])
-    request_refresh(ctx, incident_id, report=report)
-    if notice is not None:
-        ctx.jobs.submit(post_notice, ctx, incident_id, notice, actor, actor_name, report)
 
 
 def request_refresh(ctx: Context, incident_id: int, *, report: Report | None = None) -> None:
@@ -549,55 +549,54 @@ def _important(row: Any) -> bool:
 
 
 def timeline_view(
-    ctx: Context, incident_id: int, fits: Callable[[RenderedMessage], bool] = lambda message: True
+    ctx: Context, session: Session, incident_id: int,
+    fits: Callable[[RenderedMessage], bool] = lambda message: True,
 ) -> RenderedMessage:
     """The readable timeline, capped for chat: every highlighted and system event, then the latest others, as
     many as `fits` allows (the platform's size limits, measured on the rendered text) up to TIMELINE_LIMIT."""
-    with ctx.db.session() as session:
-        incident = session.get_one(Incident, incident_id)
-        every = list(session.execute(timeline.timeline_rows_query(incident_id)).all())
-        fmt = ctx.formatter()
-        milestones = incidents.milestone_times(incident)
-        spans_days = fmt.spans_days(
-            [*(r.occurred_at for r in every), *milestones.values(), incident.opened_at, ctx.clock.now()]
+    incident = session.get_one(Incident, incident_id)
+    every = list(session.execute(timeline.timeline_rows_query(incident_id)).all())
+    fmt = ctx.formatter()
+    milestones = incidents.milestone_times(incident)
+    spans_days = fmt.spans_days(
+        [*(r.occurred_at for r in every), *milestones.values(), incident.opened_at, ctx.clock.now()]
+    )
+
+    def render(limit: int) -> RenderedMessage:
+        rows = every
+        if len(rows) > limit:
+            important = [r for r in rows if _important(r)][-limit:] if limit else []
+            room = limit - len(important)
+            others = [r for r in rows if not _important(r)][-room:] if room > 0 else []
+            kept = {r.id for r in important} | {r.id for r in others}
+            rows = [r for r in rows if r.id in kept]
+        return ctx.renderer.message(
+            "timeline", ctx.locale, incident=incident, events=rows, omitted=len(every) - len(rows), fmt=fmt,
+            durations=durations.compute(incident), milestones=milestones, spans_days=spans_days,
+            text_limit=TEXT_LIMIT,
         )
 
-        def render(limit: int) -> RenderedMessage:
-            rows = every
-            if len(rows) > limit:
-                important = [r for r in rows if _important(r)][-limit:] if limit else []
-                room = limit - len(important)
-                others = [r for r in rows if not _important(r)][-room:] if room > 0 else []
-                kept = {r.id for r in important} | {r.id for r in others}
-                rows = [r for r in rows if r.id in kept]
-            return ctx.renderer.message(
-                "timeline", ctx.locale, incident=incident, events=rows, omitted=len(every) - len(rows), fmt=fmt,
-                durations=durations.compute(incident), milestones=milestones, spans_days=spans_days,
-                text_limit=TEXT_LIMIT,
-            )
-
-        return most_that_fits(render, TIMELINE_LIMIT, fits)
+    return most_that_fits(render, TIMELINE_LIMIT, fits)
 
 
-def list_view(ctx: Context, asker: Asker) -> str:
+def list_view(ctx: Context, session: Session, asker: Asker) -> str:
     """Open incidents the asker may see (bot.access): this channel's first, then those of public channels and of
     the asker's other channels, each with status, severity and age. Raises AccessPending when Slack must be asked."""
     now = ctx.clock.now()
     channel = asker.channel_id
     is_open = Incident.status.not_in(CLOSED_STATUSES)
-    with ctx.db.session() as session:
-        channels = session.scalars(select(Incident.channel_id).where(is_open).distinct())
-        visible = asker.visible_channels(session, channels)
-        rows = session.scalars(
-            select(Incident).where(is_open, Incident.channel_id.in_(visible)).order_by(Incident.opened_at.desc())
-            .limit(LIST_LIMIT + 1)
-        ).all()
-        here = [i for i in rows[:LIST_LIMIT] if i.channel_id == channel]
-        elsewhere = [i for i in rows[:LIST_LIMIT] if i.channel_id != channel]
-        return ctx.say(
-            "lifecycle.list", here=here, elsewhere=elsewhere, more=len(rows) > LIST_LIMIT, now=now,
-            fmt=ctx.formatter(), ages={i.id: max(now - i.opened_at, timedelta(0)) for i in rows},
-        )
+    channels = session.scalars(select(Incident.channel_id).where(is_open).distinct())
+    visible = asker.visible_channels(session, channels)
+    rows = session.scalars(
+        select(Incident).where(is_open, Incident.channel_id.in_(visible)).order_by(Incident.opened_at.desc())
+        .limit(LIST_LIMIT + 1)
+    ).all()
+    here = [i for i in rows[:LIST_LIMIT] if i.channel_id == channel]
+    elsewhere = [i for i in rows[:LIST_LIMIT] if i.channel_id != channel]
+    return ctx.say(
+        "lifecycle.list", here=here, elsewhere=elsewhere, more=len(rows) > LIST_LIMIT, now=now,
+        fmt=ctx.formatter(), ages={i.id: max(now - i.opened_at, timedelta(0)) for i in rows},
+    )
 
 
 def install(ctx: Context) -> None:

@@ -291,20 +291,21 @@ def set_from_reaction(ctx: Context, reaction: Reaction, milestone: str) -> lifec
     if located is None:
         return None
     name = ctx.messenger.user_name(reaction.user)
-    result = lifecycle.set_milestone(
-        ctx, located.incident_id, milestone, slack_ts_to_datetime(reaction.ts), reaction.user,
-        clean_text(name) if name else None,
-        source={"via": "reaction", "emoji": emoji_name(reaction.emoji), "source_channel": reaction.channel,
-                "source_ts": reaction.ts},
-    )
-    if result.ok:
+    with ctx.db.session() as session:
+        result = lifecycle.set_milestone(
+            ctx, session, located.incident_id, milestone, slack_ts_to_datetime(reaction.ts), reaction.user,
+            clean_text(name) if name else None,
+            source={"via": "reaction", "emoji": emoji_name(reaction.emoji), "source_channel": reaction.channel,
+                    "source_ts": reaction.ts},
+        )
+        refusal = None if result.ok else lifecycle.refusal(ctx, session, located.incident_id, result)
+    if refusal is None:
         try:
             ctx.messenger.add_reaction(reaction.channel, reaction.ts, ACK_EMOJI)
         except MessengerError as error:
             log.warning("could not acknowledge the milestone reaction: %s", error.kind)
         return result
     # Told once per reaction: its stored row is marked done afterwards, so a redelivery comes nowhere near here.
-    refusal = lifecycle.refusal(ctx, located.incident_id, result)
     text = ctx.say("incident.error", code=refusal.code, params=refusal.params)
     try:
         ctx.messenger.post_ephemeral(reaction.channel, reaction.user, text, thread_ts=located.thread_ts)
@@ -317,7 +318,8 @@ def undo_from_reaction(ctx: Context, reaction: Reaction, milestone: str) -> bool
     located = locate(ctx, reaction.channel, reaction.ts, need_message=False)
     if located is None:
         return False
-    return lifecycle.undo_milestone(
-        ctx, located.incident_id, milestone, source_channel=reaction.channel, source_ts=reaction.ts,
-        actor=reaction.user,
-    )
+    with ctx.db.session() as session:
+        return lifecycle.undo_milestone(
+            ctx, session, located.incident_id, milestone, source_channel=reaction.channel, source_ts=reaction.ts,
+            actor=reaction.user,
+        )

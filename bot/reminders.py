@@ -35,11 +35,13 @@ from datetime import datetime, time, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import event, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from bot import reports
+from bot import incidents, timeline
 from bot.context import Context
+from bot.jobs import after_commit
+from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.render import RenderedMessage
 from bot.scheduler import ReminderScheduler
@@ -170,13 +172,12 @@ def run_sweep(ctx: Context) -> None:
 
 def _queue_job(ctx: Context, session: Session, *reminders: Reminder) -> None:
     """Sets the timers after the transaction commits: a timer that fired before the commit would find no row it can
-    claim, and a rollback must leave no timer behind."""
+    claim, and a rollback must leave no timer behind. One sync per transaction, with each row's latest state."""
     session.flush()
     queue: dict[int, datetime | None] | None = session.info.get(_QUEUE_KEY)
     if queue is None:
         queue = session.info[_QUEUE_KEY] = {}
-        event.listen(session, "after_commit", partial(_after_commit, ctx))
-        event.listen(session, "after_rollback", _after_rollback)
+        after_commit(session, partial(_after_commit, ctx, session), state_key=_QUEUE_KEY)
     for reminder in reminders:
         pending = reminder.sent_at is None and reminder.cancelled_at is None
         queue[reminder.id] = reminder.due_at if pending else None
@@ -186,10 +187,6 @@ def _after_commit(ctx: Context, session: Session) -> None:
     queue = session.info.pop(_QUEUE_KEY, None)
     if queue and scheduler(ctx) is not None:
         ctx.jobs.submit(_sync_jobs, ctx, dict(queue))
-
-
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_QUEUE_KEY, None)
 
 
 def _sync_jobs(ctx: Context, queue: dict[int, datetime | None]) -> None:
@@ -281,6 +278,52 @@ def _schedule_meeting(ctx: Context, session: Session, incident: Incident) -> Non
 
 def on_meeting_moved(ctx: Context, session: Session, incident: Incident) -> None:
     _schedule_meeting(ctx, session, incident)
+
+
+@dataclass(frozen=True)
+class MeetingMove:
+    public_id: str
+    moved: bool  # False: the meeting was already at that time
+    old_display: str
+    new_display: str
+    pre_meeting_skipped: bool  # the 10-minute warning's moment has already passed
+
+
+def move_meeting(ctx: Context, session: Session, incident_id: int, when: datetime, *, actor: str,
+                 actor_name: str | None) -> MeetingMove:
+    """Moves the post-mortem meeting, and its reminders with it (on_meeting_moved), with a timeline event; the
+    announcement shows the new time once the caller's transaction commits. Raises UsageError for a cancelled
+    incident: it has no meeting to move."""
+    now = ctx.clock.now()
+    incident = session.get_one(Incident, incident_id, with_for_update=True, populate_existing=True)
+    if incident.status == "cancelled":
+        raise UsageError("meeting_cancelled_incident", "meeting", incident_id=incident.public_id)
+    old = incident.meeting_at
+    fmt = ctx.formatter()
+    with_date = fmt.spans_days([incident.opened_at, old, when, now])
+    old_display, new_display = fmt.time(old, with_date=with_date), fmt.time(when, with_date=with_date)
+    move = MeetingMove(incident.public_id, old != when, old_display, new_display,
+                       pre_meeting_skipped=when - PRE_MEETING < now)
+    if not move.moved:
+        return move
+    incident.meeting_at = when
+    timeline.add_system_event(
+        session, incident, actor=actor, actor_name=actor_name, at=now, action="meeting",
+        data={"old": old.isoformat(), "new": when.isoformat(), "old_display": old_display,
+              "new_display": new_display},
+    )
+    session.flush()
+    ctx.hooks.on_meeting_moved.fire(session, incident)
+    after_commit(session, lambda: ctx.jobs.submit(_refresh_announcement, ctx, incident_id))
+    return move
+
+
+def _refresh_announcement(ctx: Context, incident_id: int) -> None:
+    try:
+        incidents.refresh_announcement(ctx, incident_id)
+    except MessengerError as error:
+        # The stored meeting time and its reminders are already right; only the announcement's text lags.
+        log.warning("announcement refresh after meeting move failed: %s", error.kind)
 
 
 def on_closed(ctx: Context, session: Session, incident: Incident) -> None:
@@ -454,14 +497,11 @@ def deliver(ctx: Context, reminder_id: int) -> Outcome:
 
 def _prepare(ctx: Context, reminder_id: int, now: datetime) -> _Post | Outcome:
     """The claimed reminder's message, or why it is not posted (dropped, or waiting for the thread)."""
-    with ctx.db.read() as session:
-        reminder = session.get_one(Reminder, reminder_id)
-        incident_id, kind = reminder.incident_id, reminder.kind
-    # The report check opens its own session: keep it outside ours.
-    has_report = kind == REPORT_NUDGE and reports.has_posted_report(ctx, incident_id)
     with ctx.db.session() as session:
         reminder = session.get_one(Reminder, reminder_id)
+        incident_id, kind = reminder.incident_id, reminder.kind
         incident = session.get_one(Incident, incident_id)
+        has_report = kind == REPORT_NUDGE and _has_report(session, incident_id)
         reason = _nothing_new(session, incident, reminder, now, has_report=has_report)
         if reason:
             _cancel(reminder, now, reason)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from bot.clock import ManualClock
+from bot.evidence.gcp import LiveVerification, verify_rollback_live
+from bot.evidence.service import GcpClients
+from bot.settings import load_settings
+from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import Incident, TimelineEvent
@@ -76,3 +81,50 @@ def clocked_bot(
 def slack_ts(value: datetime) -> str:
     """The Slack ts of a message posted at `value`."""
     return f"{value.timestamp():.6f}"
+
+
+# ---- Google Cloud: the GCP sandbox shared by a test module ------------------------------------------------------
+
+
+def shared_gcp_sandbox(scenario: Callable[[], CanaryScenario], *, rolled_back: bool = False,
+                       name: str = "gcp") -> tuple[Any, Any]:
+    """Two fixtures for a test module, assigned at its top level (`module_gcp_fixture, gcp_fixture =
+    shared_gcp_sandbox(CanaryScenario)`): `module_<name>`, one sandbox per module, so its scenario's log data is
+    generated once; and `<name>`, that sandbox as if new for each test: no faults, no recorded requests, the
+    traffic rolled back or not as asked, put back to its defaults afterwards."""
+
+    @pytest.fixture(scope="module", name=f"module_{name}")
+    def module_sandbox() -> Iterator[GcpSandbox]:
+        with GcpSandbox(scenario()) as sandbox:
+            yield sandbox
+
+    @pytest.fixture(name=name)
+    def fresh_sandbox(request: pytest.FixtureRequest) -> Iterator[GcpSandbox]:
+        sandbox: GcpSandbox = request.getfixturevalue(f"module_{name}")
+        sandbox.reset_faults()  # also the health URL's answer
+        sandbox.set_rolled_back(rolled_back)
+        sandbox.clear_requests()
+        yield sandbox
+        sandbox.reset_faults()
+        sandbox.set_rolled_back(False)
+
+    return module_sandbox, fresh_sandbox
+
+
+def gcp_env(gcp: GcpSandbox) -> dict[str, str]:
+    """The settings that point the app's Google clients at the sandbox."""
+    sc = gcp.scenario
+    return {"GCP_PROJECT": sc.project, "CLOUD_RUN_REGION": sc.region,
+            "CLOUD_LOGGING_API_URL": gcp.base_url, "CLOUD_RUN_API_URL": gcp.base_url,
+            "CLOUD_MONITORING_API_URL": gcp.monitoring.address}
+
+
+def verify_live(gcp: GcpSandbox, *, error_rate_max: float = 0.005, p95_max_ms: float = 200.0,
+                env: dict[str, str] | None = None) -> LiveVerification:
+    """The production verification over the window after the failure, with the app's own client holder built
+    from settings (`env`, by default the sandbox's)."""
+    sc = gcp.scenario
+    clients = GcpClients(load_settings(env or gcp_env(gcp)))
+    return verify_rollback_live(clients=clients, project=sc.project, region=sc.region, service=sc.service,
+                                now=sc.post_end, since=sc.window_end, error_rate_max=error_rate_max,
+                                p95_max_ms=p95_max_ms)

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from bot import lifecycle
 from bot.clock import ManualClock
+from bot.jobs import after_commit
 from bot.parsing import (
     UsageError,
     milestone_time,
@@ -400,6 +402,69 @@ def test_failed_announcement_update_is_reported_kept_and_retried_by_the_sweep(bo
     assert len(bot.slack.calls("chat.update")) == calls  # nothing left to retry
 
 
+# ---- who owns the transaction, and announcing once ---------------------------------------------------------------
+
+
+class Rollback(Exception):
+    pass
+
+
+def test_a_change_reaches_slack_only_once_its_unit_of_work_commits(bot: LocalBot) -> None:
+    """bot.lifecycle works in the caller's session and queues its Slack work for after the commit: a unit of work
+    that rolls back leaves neither the change nor a chat.update behind. (Called directly: a rollback after the
+    change is not something a Slack request can provoke.)"""
+    _, ts = open_incident(bot)
+    incident_id, updates = incident(bot).id, len(announcement_updates(bot, ts))
+    with pytest.raises(Rollback), bot.ctx.db.session() as session:
+        change = lifecycle.change_severity(bot.ctx, session, incident_id, "critical", actor="U0SENA", actor_name="sena")
+        assert change.outcome == "changed"
+        raise Rollback
+    bot.settle()
+    assert incident(bot).severity == "high" and system_events(bot, "severity") == []
+    assert len(announcement_updates(bot, ts)) == updates and "심각도 *HIGH*" in current_announcement(bot, ts)
+
+    seen: list[str] = []
+    with bot.ctx.db.session() as session:
+        lifecycle.change_severity(bot.ctx, session, incident_id, "critical", actor="U0SENA", actor_name="sena")
+        # Queued after the change's own work: by the time it runs the change is visible to everyone.
+        after_commit(session, lambda: seen.append(incident(bot).severity))
+        bot.settle()
+        assert seen == [] and len(announcement_updates(bot, ts)) == updates  # nothing before the commit
+    bot.settle()
+    assert seen == ["critical"]
+    assert "심각도 *CRITICAL*" in current_announcement(bot, ts)
+
+
+def test_one_open_fires_on_announced_once_however_often_it_arrives_or_is_swept(bot: LocalBot) -> None:
+    """on_announced fires from one place (bot.incidents.post_announcement, when it puts the post on record): one
+    open fires it once; the same open delivered again and the sweeps after it fire nothing more."""
+    fired: list[int] = []
+    bot.ctx.hooks.on_announced.register(lambda _ctx, incident_id: fired.append(incident_id))
+    for _ in range(2):  # Slack's retry of the same command: the same trigger_id
+        response = bot.driver.command("/incident", "open 한 번만 알림 sev:high", trigger_id="T0ANNOUNCEONCE")
+        assert response.status_code == 200
+    bot.settle()
+    bot.runtime.sweep()
+    bot.settle()
+    assert count(bot, Incident) == 1
+    assert fired == [incident(bot).id]
+
+
+def test_an_announcement_the_sweep_posts_fires_on_announced_once(bot: LocalBot) -> None:
+    fired: list[int] = []
+    bot.ctx.hooks.on_announced.register(lambda _ctx, incident_id: fired.append(incident_id))
+    bot.slack.fail("chat.postMessage", status=500, times=3)  # beyond the client's two retries
+    assert bot.driver.command("/incident", "open 늦은 공지").status_code == 200
+    bot.settle()
+    assert fired == []  # no announcement, nothing announced
+    with bot.ctx.db.session() as session:
+        session.scalars(select(Incident)).one().announce_claimed_until = None  # the lease expires, as time would
+    for _ in range(2):
+        bot.runtime.sweep()
+        bot.settle()
+    assert fired == [incident(bot).id] and incident(bot).announcement_ts is not None
+
+
 # ---- timeline and list -----------------------------------------------------------------------------------------
 
 
@@ -464,7 +529,8 @@ def test_list_shows_open_incidents_here_and_elsewhere(clocked: tuple[LocalBot, M
 
 
 @pytest.mark.parametrize("bot_env", [{"INCIDENT_LOCALE": "en"}])
-def test_list_and_timeline_in_english(bot: LocalBot) -> None:
+def test_list_and_timeline_in_english(clocked: tuple[LocalBot, ManualClock]) -> None:
+    bot, _ = clocked  # a stopped clock: the age below reads "0 min" however slowly a busy machine answers
     assert "There are no open incidents." in run(bot, "list")
     public_id, _ = open_incident(bot, "Recommendation API p95 spike")
     answer = run(bot, "list")

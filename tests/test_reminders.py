@@ -292,6 +292,22 @@ def test_moving_the_meeting_moves_its_reminders(manual_bot: LocalBot, clock: Man
     assert "*17:30 UTC* 시작" in thread_texts(manual_bot, thread_ts)[-1]
 
 
+def test_moving_the_meeting_to_its_own_time_changes_nothing(manual_bot: LocalBot, clock: ManualClock) -> None:
+    public_id, _ = open_incident(manual_bot)
+    before = [(r.id, r.kind, r.due_at, r.cancelled_at) for r in rows(manual_bot)]
+    updates = len(manual_bot.slack.calls("chat.update"))
+    clock.advance(timedelta(minutes=5))
+    body = manual_bot.driver.command("/incident", "meeting 16:15").json()
+    assert f"`{public_id}` Post-Mortem 회의는 이미 16:15 UTC 입니다" in body["text"]
+    manual_bot.settle()
+    assert [(r.id, r.kind, r.due_at, r.cancelled_at) for r in rows(manual_bot)] == before
+    with manual_bot.ctx.db.session() as session:
+        system = session.scalars(select(TimelineEvent).where(TimelineEvent.kind == "system")).all()
+        actions = [e.data["action"] for e in system]
+    assert "meeting" not in actions
+    assert len(manual_bot.slack.calls("chat.update")) == updates
+
+
 def test_meeting_moved_within_ten_minutes_skips_the_pre_reminder_but_not_the_start(
     manual_bot: LocalBot, clock: ManualClock
 ) -> None:

@@ -4,7 +4,6 @@ loopback HTTP: thresholds that pass and fail, the boundary, and sources that fai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,48 +12,18 @@ from sqlalchemy import select
 import bot.evidence.service as service
 from bot.clock import ManualClock
 from bot.evidence.gcp import LiveVerification, verify_rollback_live
-from bot.evidence.service import GcpClients
-from bot.settings import load_settings
 from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import Evidence, TimelineEvent
-from tests.helpers import open_incident
+from tests.helpers import gcp_env, open_incident, shared_gcp_sandbox
+from tests.helpers import verify_live as live
 
 CHANNEL = "C0INCIDENTS"
 ENTRIES = "/v2/entries:list"
 
-
-@pytest.fixture(scope="module")
-def module_gcp() -> Iterator[GcpSandbox]:
-    with GcpSandbox(CanaryScenario()) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-def gcp(module_gcp: GcpSandbox) -> Iterator[GcpSandbox]:
-    module_gcp.reset_faults()
-    module_gcp.set_rolled_back(True)
-    module_gcp.clear_requests()
-    yield module_gcp
-    module_gcp.reset_faults()
-    module_gcp.set_rolled_back(False)
-
-
-def gcp_env(gcp: GcpSandbox) -> dict[str, str]:
-    sc = gcp.scenario
-    return {"GCP_PROJECT": sc.project, "CLOUD_RUN_REGION": sc.region,
-            "CLOUD_LOGGING_API_URL": gcp.base_url, "CLOUD_RUN_API_URL": gcp.base_url}
-
-
-def live(gcp: GcpSandbox, *, error_rate_max: float = 0.005, p95_max_ms: float = 200.0,
-         env: dict[str, str] | None = None) -> LiveVerification:
-    """The production function over the verify window after the failure, with the app's client holder."""
-    sc = gcp.scenario
-    clients = GcpClients(load_settings(env or gcp_env(gcp)))
-    return verify_rollback_live(clients=clients, project=sc.project, region=sc.region, service=sc.service,
-                                now=sc.post_end, since=sc.window_end, error_rate_max=error_rate_max,
-                                p95_max_ms=p95_max_ms)
+# The rolled-back service: what a verification is asked to confirm.
+module_gcp_fixture, gcp_fixture = shared_gcp_sandbox(CanaryScenario, rolled_back=True)
 
 
 def failed_checks(verification: LiveVerification) -> list[str]:

@@ -16,12 +16,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import ratelimit, replays
 from bot.access import AccessPending
 from bot.context import Context
+from bot.logsetup import outage_log
 from bot.parsing import CommandText, UsageError, split_command
 from bot.sanitize import clean_text
 from handlers import replays as replay_guard
 
 # Importing the per-domain modules fills the subcommand tables of handlers/commands/base.py.
-from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders  # noqa: F401
+from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders, rollback  # noqa: F401
 from handlers.commands.access import answer_after_lookup
 from handlers.commands.base import (
     INCIDENT_SUBCOMMANDS,
@@ -77,7 +78,7 @@ def dispatch(
             also=lambda session: spend.take(ctx, session, budget, body.get("user_id", ""), body.get("channel_id", "")),
         )
     except SQLAlchemyError:
-        log.exception("database unavailable while checking %s for a replay", body.get("command"))
+        outage_log.error(log, "database unavailable while checking %s for a replay", body.get("command"))
         ack(response_type="ephemeral", text=ctx.say("incident.error", code="database_unavailable", params={}))
         return
     if run_ack is None:

@@ -14,6 +14,7 @@ from typing import Any
 from slack_bolt import Respond
 
 from bot.context import Context
+from bot.logsetup import outage_log
 from bot.parsing import CommandText, UsageError
 from handlers.slack_limits import fit_message
 
@@ -79,7 +80,7 @@ def usage_answer(ctx: Context, group: str, error: UsageError) -> Answer:
 
 def database_unavailable_answer(ctx: Context, request: CommandRequest) -> Answer:
     """For any SQLAlchemy error, not only OperationalError: a read-only PostgreSQL raises InternalError."""
-    log.exception("database unavailable during %s %s", request.command, request.parsed.sub)
+    outage_log.error(log, "database unavailable during %s %s", request.command, request.parsed.sub)
     return Answer(text=ctx.say("incident.error", code="database_unavailable", params={}))
 
 

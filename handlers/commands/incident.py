@@ -23,20 +23,21 @@ def help_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
 @incident_subcommand("open")
 def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     open_request = parse_open(request.rest)
-    incident = incidents.open_incident(
-        ctx, open_request, channel_id=request.channel_id, user_id=request.user_id, user_name=request.user_name
-    )
+    with ctx.db.session() as session:
+        incident = incidents.open_incident(
+            ctx, session, open_request, channel_id=request.channel_id, user_id=request.user_id,
+            user_name=request.user_name,
+        )
+    # Only once the incident is committed: the post, and what reacts to it, find its row.
     ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond)
     return Answer(text=ctx.say("incident.open_ack", public_id=incident.public_id))
 
 
 def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond) -> None:
+    # post_announcement fires on_announced itself when this call is the one that put the post on record.
     try:
-        ts = incidents.post_announcement(ctx, incident_id)
+        incidents.post_announcement(ctx, incident_id)
     except MessengerError as error:
         # Slack may have posted it: "failed" would be wrong, and the sweep finishes it once, whichever it was.
         outcome = "incident.announce_pending" if error.outcome_unknown else "incident.announce_failed"
         tell(respond, ctx.say(outcome, public_id=public_id, reason=error.kind))
-        return
-    if ts is not None:  # None: already on record, or another worker is posting it and says so when it is done
-        ctx.hooks.on_announced.fire(incident_id)
