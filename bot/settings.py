@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -66,10 +66,20 @@ class Settings:
     open_limit_per_channel: int = 20
     post_limit_per_user: int = 20
     post_limit_per_channel: int = 60
+    # Cloud Monitoring alerts (POST /alerts/cloud-monitoring): off without a token.
+    alert_webhook_token: str | None = None
+    alert_channel: str | None = None
+    alert_auto_open: bool = False
+    # Rollback from Slack (/incident rollback): off unless asked for, since it changes production traffic.
+    rollback_enabled: bool = False
+    rollback_allowed_users: tuple[str, ...] = ()
+    verify_after_rollback: timedelta = timedelta(minutes=3)
+    cloud_monitoring_api_url: str | None = None  # host:port of a plain-gRPC emulator; Google's endpoint when None
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line."""
-        return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token) if s]
+        return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token,
+                            self.alert_webhook_token) if s]
 
 
 def _percent(name: str, raw: str) -> float:
@@ -214,4 +224,51 @@ def load_settings(env: Mapping[str, str] | None = None, *, require: tuple[str, .
                 raise SettingsError(f"{name}: expected a whole number of requests from 0 (no limit) to 100000, "
                                     f"got {v!r}")
             kwargs[key] = int(v)
+    kwargs.update(_alert_settings(get))
+    kwargs.update(_rollback_settings(get))
     return Settings(**kwargs)  # type: ignore[arg-type]  # each value is parsed above to its field's type
+
+
+ALERT_TOKEN_MIN_LENGTH = 16
+
+
+def _alert_settings(get: Callable[[str], str | None]) -> dict[str, object]:
+    """ALERT_WEBHOOK_TOKEN turns the webhook on; it is useless without ALERT_CHANNEL, so that is an error."""
+    kwargs: dict[str, object] = {}
+    token = get("ALERT_WEBHOOK_TOKEN")
+    if token is not None:
+        # It travels in a URL or a basic-auth header: guessable or mangled values would open the route to anyone.
+        if len(token) < ALERT_TOKEN_MIN_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", token):
+            raise SettingsError(f"ALERT_WEBHOOK_TOKEN: expected at least {ALERT_TOKEN_MIN_LENGTH} printable "
+                                "characters without spaces (e.g. from `openssl rand -hex 32`)")
+        kwargs["alert_webhook_token"] = token
+    if (v := get("ALERT_CHANNEL")) is not None:
+        if not re.fullmatch(r"[CG][A-Z0-9]{2,20}", v):
+            raise SettingsError(f"ALERT_CHANNEL: expected a Slack channel ID such as C0123ABCD, got {v!r}")
+        kwargs["alert_channel"] = v
+    elif token is not None:
+        raise SettingsError("ALERT_CHANNEL is required when ALERT_WEBHOOK_TOKEN is set (the Slack channel ID "
+                            "where alerts are posted)")
+    if (v := get("ALERT_AUTO_OPEN")) is not None:
+        kwargs["alert_auto_open"] = _bool("ALERT_AUTO_OPEN", v)
+    return kwargs
+
+
+def _rollback_settings(get: Callable[[str], str | None]) -> dict[str, object]:
+    kwargs: dict[str, object] = {}
+    if (v := get("ROLLBACK_ENABLED")) is not None:
+        kwargs["rollback_enabled"] = _bool("ROLLBACK_ENABLED", v)
+    if (v := get("ROLLBACK_ALLOWED_USERS")) is not None:
+        users = tuple(u.strip() for u in v.split(",") if u.strip())
+        if not all(re.fullmatch(r"[UW][A-Z0-9]{2,20}", u) for u in users):
+            raise SettingsError(f"ROLLBACK_ALLOWED_USERS: expected comma-separated Slack user IDs such as "
+                                f"U0123ABCD,U0456EFGH, got {v!r}")
+        kwargs["rollback_allowed_users"] = users
+    if (v := get("VERIFY_AFTER_ROLLBACK")) is not None:
+        kwargs["verify_after_rollback"] = _duration("VERIFY_AFTER_ROLLBACK", v)
+    if (v := get("CLOUD_MONITORING_API_URL")) is not None:
+        # gRPC takes host:port, not a URL: a scheme here is a mistake worth stopping for.
+        if not re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}", v):
+            raise SettingsError(f"CLOUD_MONITORING_API_URL: expected host:port such as 127.0.0.1:8085, got {v!r}")
+        kwargs["cloud_monitoring_api_url"] = v
+    return kwargs

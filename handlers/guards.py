@@ -53,6 +53,23 @@ def well_formed(body: dict[str, Any]) -> bool:
     return body.get("type") in ("url_verification", "shortcut", "message_action", "block_suggestion")
 
 
+def read_body(environ: dict[str, Any], max_body: int) -> bytes | None:
+    """The raw body, or None when it is over `max_body`; at most `max_body` + 1 bytes are ever read. Raises
+    ValueError for a Content-Length that is not a size."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    if environ.get("CONTENT_LENGTH"):
+        length = int(environ["CONTENT_LENGTH"])
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        return None if length > max_body else stream.read(length)
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or environ.get("wsgi.input_terminated"):
+        raw = stream.read(max_body + 1)
+        return None if len(raw) > max_body else raw
+    return b""
+
+
 class GuardedRequestHandler(SlackRequestHandler):
     """Bolt's WSGI adapter behind a preflight, so hostile input gets a 4xx and never reaches a listener.
 
@@ -69,17 +86,7 @@ class GuardedRequestHandler(SlackRequestHandler):
         self.max_body = max_body
 
     def _read(self, environ: dict[str, Any]) -> bytes | None:
-        """The raw body, or None when it is over the limit."""
-        stream = environ.get("wsgi.input")
-        if stream is None:
-            return b""
-        if environ.get("CONTENT_LENGTH"):
-            length = int(environ["CONTENT_LENGTH"])
-            return None if length > self.max_body else stream.read(length)
-        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            raw = stream.read(self.max_body + 1)
-            return None if len(raw) > self.max_body else raw
-        return b""
+        return read_body(environ, self.max_body)
 
     def _signed(self, raw: bytes, headers: dict[str, Any]) -> bool:
         if self.verifier is None:
@@ -96,7 +103,7 @@ class GuardedRequestHandler(SlackRequestHandler):
         except BaseException:
             written.set()
             raise
-        return _SetWhenClosed(body, written)
+        return SetWhenClosed(body, written)
 
     def dispatch(self, request: WsgiHttpRequest) -> BoltResponse:
         try:
@@ -124,7 +131,7 @@ class GuardedRequestHandler(SlackRequestHandler):
         return self.app.dispatch(bolt_request)
 
 
-class _SetWhenClosed:
+class SetWhenClosed:
     """The WSGI body: the server calls close() once it has written the response, and that sets the event."""
 
     def __init__(self, body: Iterable[bytes], written: threading.Event) -> None:

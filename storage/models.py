@@ -341,3 +341,94 @@ class ChannelVisibility(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     is_private: Mapped[bool] = mapped_column(nullable=False)
     checked_at: Mapped[datetime] = mapped_column(nullable=False)
+
+
+class Alert(Base):
+    """One Cloud Monitoring notification: an alert (Cloud Monitoring calls it an incident) opening or closing.
+    Unique per alert and state, so a redelivery stores nothing new. The Slack side is done after the answer:
+    `posted_at` is set once nothing is left to post, and `revision` runs ahead of `shown_revision` while the
+    posted message has to be redrawn (declared, dismissed, closed, recovery recorded)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("monitoring_incident_id", "state", name="uq_alert_state"),
+        Index("ix_alert_pending", "posted_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    monitoring_incident_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    state: Mapped[str] = mapped_column(String(8), nullable=False)  # open | closed
+    policy_name: Mapped[str] = mapped_column(Text, nullable=False)
+    condition_name: Mapped[str] = mapped_column(Text, nullable=False)
+    summary: Mapped[str] = mapped_column(Text, nullable=False)
+    url: Mapped[str | None] = mapped_column(Text)
+    severity: Mapped[str | None] = mapped_column(String(32))
+    resource_type: Mapped[str | None] = mapped_column(String(100))
+    resource_name: Mapped[str | None] = mapped_column(String(200))
+    service: Mapped[str | None] = mapped_column(String(100))  # a Cloud Run service, only for cloud_run_revision
+    revision_name: Mapped[str | None] = mapped_column(String(100))
+    location: Mapped[str | None] = mapped_column(String(100))
+    metric: Mapped[str | None] = mapped_column(String(200))
+    observed_value: Mapped[str | None] = mapped_column(String(64))
+    threshold_value: Mapped[str | None] = mapped_column(String(64))
+    auto_open: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)  # the policy's label asks
+    started_at: Mapped[datetime] = mapped_column(nullable=False)
+    ended_at: Mapped[datetime | None]
+    received_at: Mapped[datetime] = mapped_column(nullable=False)
+    # The incident it was declared as, or the open one of its service whose thread it went into.
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id", ondelete="SET NULL"))
+    declared_by: Mapped[str | None] = mapped_column(String(32))
+    declared_at: Mapped[datetime | None]
+    dismissed_by: Mapped[str | None] = mapped_column(String(32))
+    dismissed_at: Mapped[datetime | None]
+    recovery_recorded_by: Mapped[str | None] = mapped_column(String(32))
+    message_channel: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    posted_at: Mapped[datetime | None]
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    shown_revision: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Lease on the Slack work for this row, so the job after the answer and the sweep never both post it.
+    claimed_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Rollback(Base):
+    """One proposed Cloud Run rollback (traffic 100 % on `target_revision`) and what became of it.
+
+    `status` moves proposed → requested (confirmed) → running (Cloud Run accepted the update) → done | failed; a
+    proposal whose service changed meanwhile becomes stale, one replaced by a newer proposal superseded. The
+    confirmation claims `claimed_until` with one conditional UPDATE, so of two clicks exactly one updates Cloud Run;
+    the worker holds that lease while it waits. The verification after a finished rollback is due at
+    `verify_due_at` and claimed through `verify_claimed_until`, so it runs once, after a restart too."""
+
+    __tablename__ = "rollbacks"
+    __table_args__ = (
+        Index("ix_rollback_incident", "incident_id", "proposed_at"),
+        Index("ix_rollback_verify_due", "verified_at", "verify_due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    service: Mapped[str] = mapped_column(String(100), nullable=False)
+    target_revision: Mapped[str] = mapped_column(String(100), nullable=False)
+    etag: Mapped[str] = mapped_column(String(255), nullable=False)  # of the service as the proposal showed it
+    traffic_before: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
+    proposed_by: Mapped[str | None] = mapped_column(String(32))
+    proposed_at: Mapped[datetime] = mapped_column(nullable=False)
+    message_channel: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="proposed")
+    confirmed_by: Mapped[str | None] = mapped_column(String(32))
+    confirmed_by_name: Mapped[str | None] = mapped_column(String(255))
+    confirmed_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    operation_name: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    traffic_after: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # the split found when refused as stale
+    verify_due_at: Mapped[datetime | None]
+    verify_claimed_until: Mapped[datetime | None]
+    verified_at: Mapped[datetime | None]
