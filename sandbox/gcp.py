@@ -1,10 +1,15 @@
-"""A local fake of the two Google Cloud REST APIs incident-bot reads, served over loopback HTTP.
+"""A local fake of the Google Cloud APIs incident-bot uses, served over loopback.
 
 * Cloud Logging v2 ``POST /v2/entries:list`` with a small filter evaluator (exactly the clauses
   ``bot.evidence.gcp`` sends; anything else is a 400 so a drifting filter is noticed), ordering and
   opaque page tokens.
-* Cloud Run Admin v2 ``GET /v2/projects/{p}/locations/{l}/services/{s}``.
+* Cloud Run Admin v2: ``GET`` the service and its revisions, ``PATCH`` the service (an update: the traffic split
+  changes, the etag with it, and a long-running operation finishes after a few polls of
+  ``GET …/operations/{id}``). An update carrying a stale etag is refused (409 ABORTED, as AIP-154 has Google's
+  APIs answer), and it can be told to deny permission, fail the operation or never finish it.
 * ``GET /health`` so the rollback health check has a target (the Service ``uri`` is this server).
+* Cloud Monitoring's ``ListTimeSeries`` over gRPC, by :class:`sandbox.monitoring.MonitoringSandbox` on its own
+  port (:attr:`GcpSandbox.monitoring`), on the same scenario.
 
 The data is a seeded :class:`CanaryScenario` shaped like the runbook's failed canary: the canary
 revision answers ~9 % 5xx with avg ≈450 ms / p95 ≈850 ms / p99 ≈2100 ms, the stable one ~0.4 % and
@@ -21,11 +26,14 @@ import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from sandbox.monitoring import MonitoringSandbox
 
 REQUESTS_LOG = "run.googleapis.com%2Frequests"
 STDERR_LOG = "run.googleapis.com%2Fstderr"
@@ -77,10 +85,11 @@ class CanaryScenario:
     """Seeded log and service data for one failed canary.
 
     Time line: ``window_start`` (= deploy − ``pre_deploy``, stable only) → ``deployed_at`` (canary
-    gets ``canary_share``) → ``window_end`` (= deploy + ``duration``, the rollback moment) →
-    ``post_end`` (``verify_window`` later). ``request_count`` request-log entries and ``error_count``
-    stderr ERROR entries fall in [window_start, window_end). The post-rollback segment depends on
-    ``rolled_back``: healthy stable-only traffic if True, the canary still misbehaving if False.
+    gets ``canary_share``; it serves like the stable one until ``onset`` after the deploy, then fails) →
+    ``window_end`` (= deploy + ``duration``, the rollback moment) → ``post_end`` (``verify_window``
+    later). ``request_count`` request-log entries and ``error_count`` stderr ERROR entries fall in
+    [window_start, window_end). The post-rollback segment depends on ``rolled_back``: healthy
+    stable-only traffic if True, the canary still misbehaving if False.
     """
 
     project: str = "ion-project"
@@ -88,8 +97,10 @@ class CanaryScenario:
     service: str = "ion-api"
     stable_revision: str = "ion-api-00041-abc"
     canary_revision: str = "ion-api-00042-xyz"
+    retired_revision: str = "ion-api-00040-def"  # an older one, serving nothing: list_revisions shows it
     deployed_at: datetime = field(default_factory=lambda: datetime(2024, 5, 14, 9, 0, tzinfo=UTC))
     duration: timedelta = timedelta(minutes=30)
+    onset: timedelta = timedelta(0)  # how long the canary serves well before it fails (a load- or data-bound bug)
     pre_deploy: timedelta = timedelta(minutes=5)
     canary_share: float = 0.1
     request_count: int = 5000
@@ -147,7 +158,7 @@ class CanaryScenario:
                 self.deployed_at, self.duration, self.pre_deploy, self.canary_share, self.request_count,
                 self.error_count, self.seed, self.canary_error_rate, self.stable_error_rate,
                 self.client_error_rate, self.canary_latency, self.stable_latency, self.verify_window,
-                self.post_request_count)
+                self.post_request_count, self.onset)
 
     def _incident_entries(self) -> list[dict[str, Any]]:
         rng = random.Random(self.seed)
@@ -159,13 +170,21 @@ class CanaryScenario:
         out: list[dict[str, Any]] = []
         out += self._requests(rng, ids, self.stable_revision, n_stable, self.window_start, self.window_end,
                               self.stable_error_rate, self.stable_latency)
-        out += self._requests(rng, ids, self.canary_revision, n_canary, self.deployed_at, self.window_end,
+        failing_from = self.deployed_at + self.onset
+        if self.onset:
+            # Before its onset the canary serves like the stable revision.
+            n_healthy = round(n_canary * (self.onset / self.duration)) if self.duration else 0
+            # No 5xx: at a tenth of the traffic the stable revision's 0.4 % is less than one in that time.
+            out += self._requests(rng, ids, self.canary_revision, n_healthy, self.deployed_at, failing_from,
+                                  0.0, self.stable_latency)
+            n_canary -= n_healthy
+        out += self._requests(rng, ids, self.canary_revision, n_canary, failing_from, self.window_end,
                               self.canary_error_rate, self.canary_latency)
-        # Most application errors come from the canary and bunch up shortly after the deploy.
+        # Most application errors come from the canary and bunch up shortly after it starts failing.
         n_canary_err = round(self.error_count * 0.9)
         for _ in range(n_canary_err):
-            offset = self._early_offset(rng, self.duration)
-            out.append(self._stderr(rng, ids, self.canary_revision, self.deployed_at + offset, canary=True))
+            offset = self._early_offset(rng, self.duration - self.onset)
+            out.append(self._stderr(rng, ids, self.canary_revision, failing_from + offset, canary=True))
         for _ in range(self.error_count - n_canary_err):
             out.append(self._stderr(rng, ids, self.stable_revision, _uniform(rng, self.window_start, self.window_end),
                                     canary=False))
@@ -274,24 +293,37 @@ class CanaryScenario:
         return entry
 
     # -- Cloud Run -------------------------------------------------------------------------------
-    def service_json(self, base_url: str) -> dict[str, Any]:
-        """Cloud Run Admin v2 Service resource; ``uri`` is ``base_url`` so ``uri + '/health'`` works."""
-        name = f"projects/{self.project}/locations/{self.region}/services/{self.service}"
+    @property
+    def service_name(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}/services/{self.service}"
+
+    def default_traffic(self) -> list[dict[str, Any]]:
+        """The split the scenario describes: stable and canary, or everything on stable once rolled back."""
         canary_pct = 0 if self.rolled_back else round(self.canary_share * 100)
-        traffic = [
+        return [
             {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": self.stable_revision,
              "percent": 100 - canary_pct, "tag": "stable"},
             {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": self.canary_revision,
              "percent": canary_pct, "tag": "canary"},
         ]
-        statuses = [dict(t, uri=f"https://{t['tag']}---{self.run_host}") for t in traffic]
+
+    def service_json(self, base_url: str, *, traffic: list[dict[str, Any]] | None = None,
+                     statuses: list[dict[str, Any]] | None = None, generation: int = 42, etag: str | None = None,
+                     reconciling: bool = False) -> dict[str, Any]:
+        """Cloud Run Admin v2 Service resource; ``uri`` is ``base_url`` so ``uri + '/health'`` works. ``traffic``
+        (what was asked for) and ``statuses`` (what serves) default to the scenario's split."""
+        name = self.service_name
+        traffic = [dict(t) for t in (traffic if traffic is not None else self.default_traffic())]
+        served = statuses if statuses is not None else traffic
+        statuses = [dict(t, uri=f"https://{t['tag']}---{self.run_host}") if t.get("tag") else dict(t) for t in served]
         for item in traffic + statuses:
-            if not item["percent"]:
-                del item["percent"]  # proto3 JSON omits zero values, like the real API
+            if not item.get("percent"):
+                item.pop("percent", None)  # proto3 JSON omits zero values, like the real API
         return {
             "name": name,
             "uid": hashlib.md5(name.encode()).hexdigest(),
-            "generation": "42",
+            "generation": str(generation),
+            "etag": etag or _etag(generation, traffic),
             "creator": "deployer@ion-project.iam.gserviceaccount.com",
             "lastModifier": "deployer@ion-project.iam.gserviceaccount.com",
             "ingress": "INGRESS_TRAFFIC_ALL",
@@ -308,13 +340,29 @@ class CanaryScenario:
                 "timeout": "300s",
             },
             "traffic": traffic,
-            "observedGeneration": "42",
+            "observedGeneration": str(generation if not reconciling else generation - 1),
             "latestReadyRevision": f"{name}/revisions/{self.canary_revision}",
             "latestCreatedRevision": f"{name}/revisions/{self.canary_revision}",
             "trafficStatuses": statuses,
             "uri": base_url,
             "urls": [base_url],
-            "reconciling": False,
+            "reconciling": reconciling,
+        }
+
+    def revisions_json(self) -> list[dict[str, Any]]:
+        """The service's revisions, newest first, as ``revisions.list`` returns them."""
+        made = ((self.canary_revision, self.deployed_at), (self.stable_revision, self.deployed_at - timedelta(days=2)),
+                (self.retired_revision, self.deployed_at - timedelta(days=9)))
+        return [self.revision_json(name, created) for name, created in made]
+
+    def revision_json(self, revision: str, created: datetime) -> dict[str, Any]:
+        return {
+            "name": f"{self.service_name}/revisions/{revision}",
+            "uid": hashlib.md5(revision.encode()).hexdigest(),
+            "generation": "1",
+            "createTime": _rfc3339(created),
+            "service": self.service_name,
+            "conditions": [{"type": "Ready", "state": "CONDITION_SUCCEEDED"}],
         }
 
 
@@ -326,6 +374,14 @@ class _Ids:
     def next(self) -> str:
         self._n += 1
         return f"{self._prefix}{self._n:08x}"
+
+
+SERVICE_TYPE = "type.googleapis.com/google.cloud.run.v2.Service"
+
+
+def _etag(generation: int, traffic: list[dict[str, Any]]) -> str:
+    digest = hashlib.sha256(json.dumps([generation, traffic], sort_keys=True).encode()).digest()[:12]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def _uniform(rng: random.Random, start: datetime, end: datetime) -> datetime:
@@ -513,6 +569,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
     def _dispatch(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -532,10 +591,43 @@ class _Server(ThreadingHTTPServer):
     sandbox: GcpSandbox
 
 
-class GcpSandbox:
-    """Fake Cloud Logging + Cloud Run Admin REST endpoints on 127.0.0.1 (port 0 = any free port).
+UPDATE_DENIED = ("Permission 'run.services.update' denied on resource '{name}' (or resource may not exist).")
+OPERATION_FAILED = "Revision '{revision}' is not ready and cannot serve traffic."
 
-    Point ``google.cloud.logging.Client`` and ``run_v2.ServicesClient`` at :attr:`base_url`.
+
+@dataclass
+class _Operation:
+    """A service update in flight: it finishes after `polls` more reads, unless told to fail or to hang."""
+
+    name: str
+    polls: int
+    traffic: list[dict[str, Any]]
+    outcome: str  # finish | fail | hang
+    error: str = ""
+    done: bool = False
+
+
+@dataclass
+class _CloudRun:
+    """What updates changed: the requested split, the served split, and the generation the etag is made from."""
+
+    traffic: list[dict[str, Any]] | None = None
+    statuses: list[dict[str, Any]] | None = None
+    generation: int = 42
+    reconciling: bool = False
+    operations: dict[str, _Operation] = field(default_factory=dict)
+    deny_updates: bool = False
+    operation_outcome: str = "finish"
+    operation_error: str = ""
+    operation_polls: int = 2
+
+
+class GcpSandbox:
+    """Fake Cloud Logging + Cloud Run Admin REST endpoints on 127.0.0.1 (port 0 = any free port), and Cloud
+    Monitoring over gRPC beside them.
+
+    Point ``google.cloud.logging.Client`` and ``run_v2.ServicesClient`` at :attr:`base_url`, and the monitoring
+    client at ``monitoring.address``.
     """
 
     def __init__(self, scenario: CanaryScenario | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -546,9 +638,13 @@ class GcpSandbox:
         self._faults: list[_Fault] = []
         self._latency: list[tuple[str, float]] = []
         self._indexes: list[_Index] = []
+        self._run = _CloudRun()
+        self.monitoring = MonitoringSandbox(self.scenario, host=host)
         self._server = _Server((host, port), _Handler)
         self._server.sandbox = self
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gcp-sandbox", daemon=True)
+        # close() waits for the serve loop's next poll: the default 0.5 s added that to every test's teardown.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="gcp-sandbox", daemon=True)
         self._thread.start()
         self._index()  # build now so the first request is not slower than the rest
 
@@ -561,6 +657,7 @@ class GcpSandbox:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        self.monitoring.close()
 
     def __enter__(self) -> GcpSandbox:
         return self
@@ -576,6 +673,7 @@ class GcpSandbox:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+        self.monitoring.clear_requests()
 
     def fail(self, path_prefix: str, status: int = 500, times: int = 1, message: str | None = None,
              *, after: int = 0) -> None:
@@ -591,10 +689,46 @@ class GcpSandbox:
                 self._latency.append((path_prefix, seconds))
 
     def reset_faults(self) -> None:
+        """Every fault off, and the service as the scenario describes it (no update applied)."""
         with self._lock:
             self._faults.clear()
             self._latency.clear()
+            self._run = _CloudRun()
         self.health_status = 200
+        self.monitoring.reset()
+
+    # -- Cloud Run updates ------------------------------------------------------------------------
+    def deny_updates(self, value: bool = True) -> None:
+        """The caller lacks run.services.update (no roles/run.developer): updates get 403 PERMISSION_DENIED."""
+        with self._lock:
+            self._run.deny_updates = value
+
+    def operations_end(self, outcome: str, *, error: str = "", polls: int | None = None) -> None:
+        """How the next updates' operations end: "finish", "fail" (with `error`) or "hang" (never done)."""
+        if outcome not in ("finish", "fail", "hang"):
+            raise ValueError(outcome)
+        with self._lock:
+            self._run.operation_outcome, self._run.operation_error = outcome, error
+            if polls is not None:
+                self._run.operation_polls = polls
+
+    def change_service(self, traffic: list[dict[str, Any]]) -> None:
+        """Someone else changes the split now (the console, a deploy): a new generation and etag, served at once."""
+        with self._lock:
+            self._run.traffic = self._run.statuses = [dict(t) for t in traffic]
+            self._run.generation += 1
+            self._run.reconciling = False
+
+    def service(self) -> dict[str, Any]:
+        """The Service resource as the API returns it now."""
+        with self._lock:
+            run = self._run
+            return self.scenario.service_json(self.base_url, traffic=run.traffic, statuses=run.statuses,
+                                              generation=run.generation, reconciling=run.reconciling)
+
+    def updates(self) -> list[RecordedRequest]:
+        """Every PATCH of the service that reached the sandbox, accepted or not."""
+        return [r for r in self.requests("/v2/projects/") if r.method == "PATCH"]
 
     def set_rolled_back(self, value: bool = True) -> None:
         self.scenario.rolled_back = value
@@ -631,25 +765,106 @@ class GcpSandbox:
         elif body is None and raw:
             status, payload = 400, _error(400, "request body is not JSON")
         else:
-            status, payload = self._route(method, path, body)
+            status, payload = self._route(method, path, body, query)
         with self._lock:
             self._requests.append(RecordedRequest(method, path, query, body, time.time(), status))
         return status, payload
 
-    def _route(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
+    def _route(self, method: str, path: str, body: Any, query: str = "") -> tuple[int, bytes]:
         if path == "/health" and method == "GET":
             ok = 200 <= self.health_status < 300
             return self.health_status, json.dumps({"status": "ok" if ok else "unhealthy"}).encode()
         if path == "/v2/entries:list" and method == "POST":
             return self._list_entries(body or {})
-        match = re.fullmatch(r"/v2/projects/([^/]+)/locations/([^/]+)/services/([^/]+)", path)
-        if match and method == "GET":
-            sc = self.scenario
-            if match.groups() != (sc.project, sc.region, sc.service):
+        sc = self.scenario
+        match = re.fullmatch(r"/v2/projects/([^/]+)/locations/([^/]+)/services/([^/]+)(/revisions(?:/([^/]+))?)?",
+                             path)
+        if match and method in ("GET", "PATCH"):
+            if match.groups()[:3] != (sc.project, sc.region, sc.service):
                 return 404, _error(404, f"Resource '{match.group(3)}' of kind 'SERVICE' in region "
                                         f"'{match.group(2)}' in project '{match.group(1)}' does not exist.")
-            return 200, json.dumps(sc.service_json(self.base_url)).encode()
+            if method == "PATCH" and not match.group(4):
+                return self._update_service(body or {}, query)
+            if method == "GET" and match.group(5):
+                found = [r for r in sc.revisions_json() if r["name"].endswith(f"/revisions/{match.group(5)}")]
+                if not found:
+                    return 404, _error(404, f"Resource '{match.group(5)}' of kind 'REVISION' in region "
+                                            f"'{sc.region}' in project '{sc.project}' does not exist.")
+                return 200, json.dumps(found[0]).encode()
+            if method == "GET" and match.group(4):
+                return 200, json.dumps({"revisions": sc.revisions_json()}).encode()
+            if method == "GET":
+                return 200, json.dumps(self.service()).encode()
+        match = re.fullmatch(r"/v2/(projects/[^/]+/locations/[^/]+/operations/[^/]+)", path)
+        if match and method == "GET":
+            return self._poll_operation(match.group(1))
         return 404, _error(404, f"no route for {method} {path}")
+
+    def _update_service(self, body: dict[str, Any], query: str) -> tuple[int, bytes]:
+        """PATCH …/services/{s}: only the traffic split is applied (what `updateMask=traffic` asks for)."""
+        sc = self.scenario
+        params = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        mask = {p for p in params.get("updateMask", "").split(",") if p}
+        with self._lock:
+            run = self._run
+            if run.deny_updates:
+                return 403, _error(403, UPDATE_DENIED.format(name=sc.service_name))
+            current = sc.service_json(self.base_url, traffic=run.traffic, statuses=run.statuses,
+                                      generation=run.generation, reconciling=run.reconciling)
+            if body.get("etag") and body["etag"] != current["etag"]:
+                return 409, _error(409, f"Resource '{sc.service}' has been modified: the etag in the request does "
+                                        f"not match the current etag '{current['etag']}'. Read it again and retry.")
+            if mask - {"traffic"}:
+                return 400, _error(400, f"the sandbox applies traffic updates only, not {sorted(mask)}")
+            traffic = body.get("traffic") or []
+            known = {r["name"].rsplit("/", 1)[1] for r in sc.revisions_json()}
+            unknown = [t.get("revision") for t in traffic if t.get("revision") and t["revision"] not in known]
+            if unknown:
+                return 404, _error(404, f"Revision named '{unknown[0]}' not found.")
+            if sum(int(t.get("percent") or 0) for t in traffic) != 100:
+                return 400, _error(400, "Traffic percentages must add up to 100.")
+            run.traffic = [dict(t, type=t.get("type") or "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION")
+                           for t in traffic]
+            run.statuses = run.statuses if run.statuses is not None else sc.default_traffic()
+            run.generation += 1
+            run.reconciling = True
+            name = f"projects/{sc.project}/locations/{sc.region}/operations/{uuid.uuid4()}"
+            target = next((t["revision"] for t in traffic if int(t.get("percent") or 0) == 100), "")
+            error = run.operation_error or OPERATION_FAILED.format(revision=target)
+            run.operations[name] = _Operation(name, run.operation_polls, run.traffic, run.operation_outcome, error)
+            service = sc.service_json(self.base_url, traffic=run.traffic, statuses=run.statuses,
+                                      generation=run.generation, reconciling=True)
+        return 200, json.dumps({"name": name, "metadata": {"@type": SERVICE_TYPE, **service}}).encode()
+
+    def _poll_operation(self, name: str) -> tuple[int, bytes]:
+        sc = self.scenario
+        with self._lock:
+            run = self._run
+            operation = run.operations.get(name)
+            if operation is None:
+                return 404, _error(404, f"Operation '{name}' not found.")
+            if not operation.done and operation.outcome != "hang":
+                operation.polls -= 1
+                if operation.polls <= 0:
+                    operation.done = True
+                    if operation.outcome == "finish":
+                        run.statuses = [dict(t) for t in operation.traffic]
+                    else:
+                        run.traffic = run.statuses  # the update did not take: what serves stays what is asked
+                    run.reconciling = False
+                    if operation.outcome == "finish" and any(
+                            t.get("revision") == sc.stable_revision and int(t.get("percent") or 0) == 100
+                            for t in operation.traffic):
+                        sc.rolled_back = True  # the request logs from here on are the stable revision's
+            service = sc.service_json(self.base_url, traffic=run.traffic, statuses=run.statuses,
+                                      generation=run.generation, reconciling=run.reconciling)
+            answer: dict[str, Any] = {"name": name, "metadata": {"@type": SERVICE_TYPE, **service},
+                                      "done": operation.done}
+            if operation.done and operation.outcome == "finish":
+                answer["response"] = {"@type": SERVICE_TYPE, **service}
+            elif operation.done:
+                answer["error"] = {"code": 9, "message": operation.error}  # FAILED_PRECONDITION
+        return 200, json.dumps(answer).encode()
 
     def _list_entries(self, body: dict[str, Any]) -> tuple[int, bytes]:
         page_size = int(body.get("pageSize") or 50)

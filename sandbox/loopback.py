@@ -80,7 +80,9 @@ class LocalBot:
         self.runtime = self._build_runtime(self.settings(), clock=self._clock)
         self._server = make_server("127.0.0.1", 0, self.runtime.wsgi, server_class=_ThreadingWSGIServer,
                                    handler_class=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-bot-http", daemon=True)
+        # stop() waits for the serve loop's next poll: at the default 0.5 s that was most of a short test's time.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="local-bot-http", daemon=True)
         self._thread.start()
         if background:
             self.runtime.start()

@@ -6,12 +6,13 @@ Checks, each with what was measured and the threshold it was held against:
 * ``canary_traffic`` — 0 % on the canary;
 * ``error_rate`` — 5xx share below ``error_rate_max`` (a fraction: 0.005 = 0.5 %);
 * ``p95`` — p95 latency below ``p95_max_ms``;
+* ``memory`` — p99 memory utilisation (Cloud Monitoring) below ``memory_max``, when that is given;
 * ``health`` — ``GET <service-url>/health`` answered 2xx.
 
 Error rate and p95 are measured per revision that serves traffic now, over the verification window,
 and the worst one is reported, so a half-finished rollback cannot hide behind a healthy stable.
-A check without data (no requests in the window, no health answer) fails: "could not confirm" is
-not "confirmed".
+A check without data (no requests in the window, no memory points, no health answer) fails: "could not
+confirm" is not "confirmed".
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bot.evidence.analysis import RevisionStats, label_revisions, traffic_by_rev
 
 @dataclass(frozen=True)
 class Check:
-    name: str  # "traffic" | "canary_traffic" | "error_rate" | "p95" | "health"
+    name: str  # "traffic" | "canary_traffic" | "error_rate" | "p95" | "memory" | "health"
     passed: bool
     measured: float | int | None
     threshold: float | int | None
@@ -63,10 +64,13 @@ def verify_rollback(
     error_rate_max: float,
     p95_max_ms: float,
     stable_revision: str | None = None,
+    memory_max: float | None = None,
+    memory_by_revision: Mapping[str, float] | None = None,
 ) -> VerifyResult:
-    """Run the five checks. ``stable_revision`` overrides the stable/canary rule of
+    """Run the checks. ``stable_revision`` overrides the stable/canary rule of
     :func:`bot.evidence.analysis.label_revisions` (the canary then is whichever revision that rule
-    calls canary, if it is not the given stable one)."""
+    calls canary, if it is not the given stable one). With ``memory_max`` the memory check joins them:
+    ``memory_by_revision`` is p99 utilisation per revision, None when it could not be read."""
     config = service_config or {}
     labels = label_revisions(config, stats_for_window.keys())
     stable = stable_revision or next((r for r, lab in labels.items() if lab.role == "stable"), None)
@@ -107,7 +111,24 @@ def verify_rollback(
         checks.append(Check("error_rate", False, None, error_rate_max, None, "no_requests"))
         checks.append(Check("p95", False, None, p95_max_ms, None, "no_requests"))
 
+    if memory_max is not None:
+        checks.append(_memory_check(served, memory_max, memory_by_revision))
+
     healthy = health_status is not None and 200 <= health_status < 300
     no_answer = None if health_status is not None else "no_answer"
     checks.append(Check("health", healthy, health_status, 200, None, no_answer))
     return VerifyResult(checks=checks, stable_revision=stable, canary_revision=canary)
+
+
+def _memory_check(served: Mapping[str, int], memory_max: float, by_revision: Mapping[str, float] | None) -> Check:
+    """The worst p99 among the revisions serving traffic. Without the traffic split every revision of the service
+    counts: their worst bounds the serving ones' from above, so a pass still holds. A serving revision without
+    points fails the check rather than being left out."""
+    if by_revision is None:
+        return Check("memory", False, None, memory_max, None, "memory_unreadable")
+    serving = [r for r, p in served.items() if p > 0] or sorted(by_revision)
+    missing = next((r for r in serving if r not in by_revision), None)
+    if not serving or missing is not None:
+        return Check("memory", False, None, memory_max, missing, "no_memory_data")
+    worst = max(serving, key=lambda r: by_revision[r])
+    return Check("memory", by_revision[worst] < memory_max, by_revision[worst], memory_max, worst)

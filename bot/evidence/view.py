@@ -163,6 +163,10 @@ class CaptureView:
     capture_seconds: float
     files: list[str] = field(default_factory=list)
     upload_failures: list[tuple[str, str]] = field(default_factory=list)
+    chart_missing: str | None = None  # why no chart was posted (bot/evidence/chart.py)
+    # Cloud Monitoring per revision (memory / CPU p99, peak instances), or why it is missing.
+    utilisation: list[dict[str, Any]] = field(default_factory=list)
+    utilisation_failure: Failure | None = None
 
 
 def failures_by_kind(bundle: EvidenceBundle) -> dict[str, EvidenceError]:
@@ -245,6 +249,9 @@ def capture_view(bundle: EvidenceBundle, public_id: str, deployed_known: bool) -
         config_ok="config" not in by_kind,
         failures=[Failure(kind, f.source, f.kind, f.detail) for kind, f in by_kind.items()],
         capture_seconds=bundle.capture_seconds,
+        utilisation=[{"revision": revision, **usage} for revision, usage in bundle.utilisation.items()],
+        utilisation_failure=Failure("metrics", "monitoring", bundle.utilisation_error.kind,
+                                    bundle.utilisation_error.detail) if bundle.utilisation_error else None,
     )
 
 
@@ -270,6 +277,8 @@ def _check_value(name: str, value: float | int | None) -> str | None:
         return pct(float(value))
     if name == "p95":
         return ms(float(value))
+    if name == "memory":
+        return pct(float(value))
     return str(int(value))
 
 
@@ -280,6 +289,8 @@ def _check_threshold(name: str, value: float | int | None) -> str:
         return f"< {pct(float(value or 0))}"
     if name == "p95":
         return f"< {ms(float(value or 0))}"
+    if name == "memory":
+        return f"< {pct(float(value or 0), 0)}"
     return "2xx"
 
 
