@@ -83,7 +83,7 @@ def _timeline_rows(
     template's describe() macro (a plain reply is described by its own text); per-minute times and
     per-person names are cached.
     """
-    events_module = ctx.renderer.markdown.get_template(f"{locale}/_events.j2").module
+    events_module = ctx.renderer.markdown_template("_events.j2", locale).module
     describe = events_module.describe  # type: ignore[attr-defined]  # Jinja2 makes macros attributes at run time
     query = timeline.timeline_rows_query(incident_id).with_only_columns(
         TimelineEvent.kind, type_coerce(TimelineEvent.occurred_at, String), TimelineEvent.author_id,
@@ -252,14 +252,15 @@ def build_context(ctx: Context, session: Session, incident: Incident, locale: st
     }
 
 
-def render_report(ctx: Context, incident_id: int, locale: str) -> str:
+def render_report(ctx: Context, incident_id: int, locale: str, *, chart_file: str | None = None) -> str:
+    """`chart_file`: the evidence chart that travels with the document, embedded under that name."""
     # A read-only unit of work: rendering a large incident never holds SQLite's write lock.
     with ctx.db.read() as session:
         incident = session.get_one(Incident, incident_id)
-        template = ctx.renderer.markdown.get_template(f"{locale}/report.md.j2")
+        template = ctx.renderer.document_template("report", locale)
         # generate() yields pieces as the timeline streams; writing them into one buffer avoids holding
         # a list of every piece (render() joins them all at the end).
         out = io.StringIO()
-        for piece in template.generate(**build_context(ctx, session, incident, locale)):
+        for piece in template.generate(**build_context(ctx, session, incident, locale), chart_file=chart_file):
             out.write(piece)
         return out.getvalue()

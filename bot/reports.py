@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select, update
 
 from bot import durations, timeline
 from bot.context import Context
+from bot.evidence import chart
 from bot.ports import MessengerError
 from bot.report import render_report, report_filename
 from storage.models import Incident, Report
@@ -48,15 +49,33 @@ def summary_line(ctx: Context, incident_id: int, locale: str, filename: str) -> 
         )
 
 
+def report_chart(ctx: Context, incident_id: int, locale: str) -> chart.ChartFile | None:
+    """The latest evidence chart, drawn for a report in `locale`, under the name the report embeds: the name it
+    was posted with, marked with the language like the report's own file (`….en.png`) when that is not the
+    configured one. None when no capture had data or it cannot be drawn: the report never waits on a picture."""
+    try:
+        drawn = chart.latest_chart(ctx, incident_id, locale)
+    except Exception:
+        log.exception("the report's evidence chart could not be drawn; the report goes out without it")
+        return None
+    if drawn is None or drawn.png is None:
+        return None
+    if locale != ctx.settings.locale:
+        drawn = replace(drawn, filename=drawn.filename.removesuffix(".png") + f".{locale}.png")
+    return drawn
+
+
 def deliver(ctx: Context, delivery: Delivery) -> str:
-    """Renders and uploads (files upload v2, into the thread). Raises MessengerError; the row keeps the error."""
+    """Renders and uploads (files upload v2, into the thread), the evidence chart beside the document. Raises
+    MessengerError when the document cannot be posted; the row keeps the error."""
     with ctx.db.session() as session:
         report = session.get_one(Report, delivery.report_id)
         incident = session.get_one(Incident, report.incident_id)
         incident_id, channel, thread_ts = incident.id, incident.channel_id, incident.announcement_ts
     if thread_ts is None:
         raise MessengerError("announcement_not_posted", "the incident thread does not exist yet")
-    document = render_report(ctx, incident_id, delivery.locale)
+    picture = report_chart(ctx, incident_id, delivery.locale)
+    document = render_report(ctx, incident_id, delivery.locale, chart_file=picture.filename if picture else None)
     summary = summary_line(ctx, incident_id, delivery.locale, delivery.filename)
     try:
         file_id = ctx.messenger.upload_file(
@@ -76,7 +95,23 @@ def deliver(ctx: Context, delivery: Delivery) -> str:
         timeline.add_system_event(
             session, incident, actor=None, at=now, action="report", data={"filename": delivery.filename}
         )
+    # The document first, and on record: a picture that fails cannot lose or repeat it. A rerun is a new report,
+    # which posts both again once.
+    if picture is not None and picture.png is not None:
+        _upload_chart(ctx, delivery, channel, thread_ts, picture.filename, picture.png)
     return file_id
+
+
+def _upload_chart(ctx: Context, delivery: Delivery, channel: str, thread_ts: str, filename: str, png: bytes) -> None:
+    """Beside the document; a failure is logged and kept on the (posted) report's row, never raised."""
+    try:
+        ctx.messenger.upload_file(channel, thread_ts, filename, png, title=filename)
+    except MessengerError as error:
+        log.warning("report chart upload %s failed: %s", filename, error.kind,
+                    extra={"json_fields": {"incident_id": delivery.public_id}})
+        with ctx.db.session() as session:
+            session.execute(update(Report).where(Report.id == delivery.report_id)
+                            .values(error=f"chart {filename} not uploaded: {error}"))
 
 
 def has_posted_report(ctx: Context, incident_id: int) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,30 +23,15 @@ from bot.evidence.gcp import (
     make_run_client,
     rfc3339,
     stream_request_logs,
-    verify_rollback_live,
 )
-from bot.evidence.service import GcpClients
-from bot.settings import load_settings
 from sandbox.gcp import CanaryScenario, GcpSandbox
+from tests.helpers import shared_gcp_sandbox, verify_live
 
 ENTRIES_LIST = "/v2/entries:list"
 SERVICES = "/v2/projects/"
 
 
-@pytest.fixture(scope="module")
-def module_sandbox() -> Iterator[GcpSandbox]:
-    with GcpSandbox(CanaryScenario(seed=7)) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-def sandbox(module_sandbox: GcpSandbox) -> Iterator[GcpSandbox]:
-    module_sandbox.reset_faults()
-    module_sandbox.set_rolled_back(False)
-    module_sandbox.clear_requests()
-    yield module_sandbox
-    module_sandbox.reset_faults()
-    module_sandbox.set_rolled_back(False)
+module_sandbox_fixture, sandbox_fixture = shared_gcp_sandbox(lambda: CanaryScenario(seed=7), name="sandbox")
 
 
 @pytest.fixture
@@ -335,12 +319,7 @@ def test_unknown_filter_clause_is_rejected(sandbox: GcpSandbox, sc: CanaryScenar
 
 def _verify(sandbox: GcpSandbox) -> tuple[Any, list[EvidenceError]]:
     """The production verification, with the app's own client holder built from settings for the sandbox."""
-    sc = sandbox.scenario
-    settings = load_settings({"GCP_PROJECT": sc.project, "CLOUD_RUN_REGION": sc.region,
-                              "CLOUD_LOGGING_API_URL": sandbox.base_url, "CLOUD_RUN_API_URL": sandbox.base_url})
-    live = verify_rollback_live(clients=GcpClients(settings), project=sc.project, region=sc.region,
-                                service=sc.service, now=sc.post_end, since=sc.window_end,
-                                error_rate_max=0.005, p95_max_ms=200.0)
+    live = verify_live(sandbox)
     return live.result, live.failures
 
 

@@ -23,7 +23,7 @@ from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import Evidence, ImpactValue, Incident, TimelineEvent
-from tests.helpers import open_incident
+from tests.helpers import gcp_env, open_incident, shared_gcp_sandbox
 
 CHANNEL = "C0INCIDENTS"
 ENTRIES = "/v2/entries:list"
@@ -33,20 +33,7 @@ OPEN_TEXT = "추천 API p95 급증 sev:high service:ion-api"
 # -- fixtures -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def module_gcp() -> Iterator[GcpSandbox]:
-    with GcpSandbox(CanaryScenario()) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-def gcp(module_gcp: GcpSandbox) -> Iterator[GcpSandbox]:
-    module_gcp.reset_faults()
-    module_gcp.set_rolled_back(False)
-    module_gcp.clear_requests()
-    yield module_gcp
-    module_gcp.reset_faults()
-    module_gcp.set_rolled_back(False)
+module_gcp_fixture, gcp_fixture = shared_gcp_sandbox(CanaryScenario)
 
 
 @pytest.fixture
@@ -65,19 +52,11 @@ def extra_env() -> dict[str, str]:
     return {}
 
 
-def gcp_env(gcp: GcpSandbox) -> dict[str, str]:
-    return {
-        "GCP_PROJECT": gcp.scenario.project, "CLOUD_RUN_REGION": gcp.scenario.region,
-        "CLOUD_LOGGING_API_URL": gcp.base_url, "CLOUD_RUN_API_URL": gcp.base_url,
-        # Reminders would add their own posts to the thread; they are not what these tests are about.
-        "SCHEDULER_ENABLED": "false",
-    }
-
-
 @pytest.fixture
 def ebot(gcp: GcpSandbox, clock: ManualClock, slack: SlackSandbox, database_url: str,
          extra_env: dict[str, str]) -> Iterator[LocalBot]:
-    env = {**gcp_env(gcp), **extra_env}
+    # Reminders would add their own posts to the thread; they are not what these tests are about.
+    env = {**gcp_env(gcp), "SCHEDULER_ENABLED": "false", **extra_env}
     env = {k: v for k, v in env.items() if v != ""}  # "" in extra_env removes a variable
     local = LocalBot(env, clock=clock, slack=slack, database_url=database_url)
     local.start()
@@ -187,7 +166,8 @@ def thread_messages(bot: LocalBot, thread_ts: str, marker: str) -> list[dict[str
 
 
 def uploads(bot: LocalBot) -> dict[str, dict[str, Any]]:
-    return {f["filename"]: json.loads(f["content"]) for f in bot.slack.files()}
+    """The JSON files (each capture's chart, a PNG, is tested in test_evidence_chart.py)."""
+    return {f["filename"]: json.loads(f["content"]) for f in bot.slack.files() if f["filename"].endswith(".json")}
 
 
 def evidence_rows(bot: LocalBot) -> list[Evidence]:
@@ -453,13 +433,13 @@ VERIFY_TEXT = {
     "ko": {"failed": "❌ *롤백 완료 확인 실패* — 통과하지 못한 점검: stable 트래픽, canary 트래픽, 에러율, P95",
            "passed": "✅ *롤백 완료 확인: 모든 점검 통과*",
            "labels": ("stable 트래픽", "canary 트래픽", "에러율", "P95", "헬스 체크"),
-           "fail": "실패", "pass": "통과", "memory": "메모리(&lt; 70%) 점검은 포함하지 않았습니다",
+           "fail": "실패", "pass": "통과", "memory": "메모리",
            "confirmed": "님이 복구(롤백 완료) 시점을 09:40 UTC로 기록했습니다",
            "recorded": "복구(롤백 완료) 시점은 이미 09:40 UTC로 기록되어 있습니다"},
     "en": {"failed": "❌ *Rollback not confirmed* — failed: Stable traffic, Canary traffic, Error rate, P95",
            "passed": "✅ *Rollback confirmed: every check passed*",
            "labels": ("Stable traffic", "Canary traffic", "Error rate", "P95", "Health check"),
-           "fail": "FAIL", "pass": "pass", "memory": "Memory (&lt; 70%) isn't checked",
+           "fail": "FAIL", "pass": "pass", "memory": "Memory",
            "confirmed": "recorded recovery (rollback complete) at 09:40 UTC",
            "recorded": "Recovery (rollback complete) is already recorded at 09:40 UTC"},
 }
@@ -486,7 +466,7 @@ def test_verify_fails_before_the_rollback_passes_after_and_the_button_records_re
     ebot.settle()
     [failed] = thread_messages(ebot, thread_ts, words["failed"])
     want = expected_revisions(sc, *window)[sc.canary_revision]
-    rows = check_rows(failed["text"], words["labels"])
+    rows = check_rows(failed["text"], (*words["labels"], words["memory"]))
     stable_traffic, canary_traffic, error_rate, p95, health = (rows[lab] for lab in words["labels"])
     assert stable_traffic == [sc.stable_revision, words["fail"], "90%", "=", "100%"]
     assert canary_traffic == [sc.canary_revision, words["fail"], "10%", "=", "0%"]
@@ -496,6 +476,9 @@ def test_verify_fails_before_the_rollback_passes_after_and_the_button_records_re
     assert abs(_number(p95[2]) - want["p95"]) <= want["p95"] * 0.01 + 0.51
     assert health[1:] == [words["pass"], "200", "2xx"]
     assert words["memory"] in failed["text"]
+    # Memory is the fourth check now (Cloud Monitoring): the canary's p99 stays under 70 % in this scenario.
+    memory = rows[words["memory"]]
+    assert memory[0] == sc.canary_revision and memory[1] == words["pass"] and memory[3:] == ["&lt;", "70%"]
     assert not any(b["type"] == "actions" for b in failed["blocks"])
     [event] = system_events(ebot, "verify")
     assert event.data["passed"] is False and event.data["failed"] == ["traffic", "canary_traffic", "error_rate", "p95"]
@@ -507,7 +490,7 @@ def test_verify_fails_before_the_rollback_passes_after_and_the_button_records_re
     ebot.settle()
     [passed] = thread_messages(ebot, thread_ts, words["passed"])
     stable = expected_revisions(sc, *window)[sc.stable_revision]
-    rows = check_rows(passed["text"], words["labels"])
+    rows = check_rows(passed["text"], (*words["labels"], words["memory"]))
     assert rows[words["labels"][0]][2] == "100%" and rows[words["labels"][1]][2] == "0%"
     assert abs(_number(rows[words["labels"][2]][2]) - stable["rate"] * 100) <= 0.0051
     assert abs(_number(rows[words["labels"][3]][2]) - stable["p95"]) <= stable["p95"] * 0.01 + 0.51
@@ -532,7 +515,7 @@ def test_verify_fails_before_the_rollback_passes_after_and_the_button_records_re
     # Once recorded, a later passing check only says so: there is nothing left to confirm.
     ebot.driver.command("/incident", "verify")
     ebot.settle()
-    again = ebot.slack.thread(CHANNEL, thread_ts)[-1]
+    again = [m for m in ebot.slack.thread(CHANNEL, thread_ts) if not m.get("files")][-1]  # the chart follows it
     assert again["ts"] != passed["ts"] and words["recorded"] in again["text"], again["text"]
     assert not any(b["type"] == "actions" for b in again["blocks"])
 

@@ -218,6 +218,7 @@ def nul_bot(slack: SlackSandbox, database_url: str) -> Iterator[LocalBot]:
         env = {
             "GCP_PROJECT": scenario.project, "CLOUD_RUN_REGION": scenario.region,
             "CLOUD_LOGGING_API_URL": gcp.base_url, "CLOUD_RUN_API_URL": gcp.base_url, "SCHEDULER_ENABLED": "false",
+            "CLOUD_MONITORING_API_URL": gcp.monitoring.address,
         }
         local = LocalBot(env, clock=ManualClock(scenario.window_end), slack=slack, database_url=database_url)
         local.start()
@@ -252,7 +253,7 @@ def test_log_lines_with_nul_leave_no_control_characters_in_the_summary_or_the_st
     thread_ts = nul_bot.slack.messages(CHANNEL)[0]["ts"]
     posted = [json.dumps(m, ensure_ascii=False) for m in nul_bot.slack.thread(CHANNEL, thread_ts)]
     posted += [json.dumps(c.args, ensure_ascii=False) for c in nul_bot.slack.calls("chat.update")]
-    uploaded = [bytes(f["content"]).decode("utf-8") for f in nul_bot.slack.files()]
+    uploaded = [bytes(f["content"]).decode("utf-8") for f in nul_bot.slack.files() if f["filename"].endswith(".json")]
     assert any("TimeoutError" in s for s in stored), "the log messages were captured, cleaned"
     assert any("TimeoutError" in s for s in posted) and any("TimeoutError" in s for s in uploaded)
     for piece in [*stored, *posted, *uploaded]:

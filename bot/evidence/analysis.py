@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -474,6 +475,110 @@ class _RevisionCounters:
 
 
 # --------------------------------------------------------------------------------------------------
+# Per-minute series per revision (what the evidence chart draws)
+# --------------------------------------------------------------------------------------------------
+
+
+class MinuteStats(NamedTuple):
+    """One revision's minute: requests, 5xx and the P95 of their latencies (None: no latency sample)."""
+
+    minute_start: datetime
+    requests: int
+    server_errors: int
+    p95_ms: float | None
+
+
+class CompactLatencyHistogram:
+    """A per-minute P95 for charts: γ = 1.05 (within RELATIVE_ERROR ≈ 2.4 %), values from 1 ms to 1 h in
+    one array of 32-bit counters (≈1.2 KiB), so a 24-hour window of two revisions stays a few MiB however
+    busy the service is. Values at or below 1 ms count as 1 ms."""
+
+    GAMMA = 1.05
+    RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)
+    MIN_MS = 1.0
+    MAX_MS = 3_600_000.0
+    _LOG_GAMMA = math.log(GAMMA)
+    BUCKETS = math.ceil(math.log(MAX_MS / MIN_MS) / _LOG_GAMMA) + 1
+
+    def __init__(self) -> None:
+        self._counts = array("I", bytes(4 * self.BUCKETS))
+        self.count = 0
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        index = math.ceil(math.log(ms / self.MIN_MS) / self._LOG_GAMMA) if ms > self.MIN_MS else 0
+        self._counts[min(index, self.BUCKETS - 1)] += 1
+
+    def quantile(self, q: float) -> float | None:
+        """Nearest-rank percentile estimate, like :meth:`LatencyHistogram.quantile`."""
+        if not self.count:
+            return None
+        rank, seen = max(1, math.ceil(q * self.count)), 0
+        for index, c in enumerate(self._counts):
+            seen += c
+            if seen >= rank:
+                return self.MIN_MS if index == 0 else self.MIN_MS * 2.0 * self.GAMMA**index / (self.GAMMA + 1.0)
+        return self.MAX_MS
+
+
+@dataclass
+class _MinuteCounters:
+    requests: int = 0
+    server_errors: int = 0
+    latency: CompactLatencyHistogram | None = None
+
+
+class MinuteSeriesAccumulator:
+    """Requests, 5xx and P95 per revision per minute of [start, end), streamed; every minute of the window
+    is reported, with 0 requests where none came (the chart draws those as gaps, never as zeros)."""
+
+    def __init__(self, start: datetime, end: datetime, max_revisions: int = 32) -> None:
+        self._window = MinuteCounter(start, end)  # the window's minute grid
+        self._first_minute = _floor_minute(start)
+        self.max_revisions = max_revisions
+        self._rev: dict[str, dict[int, _MinuteCounters]] = {}
+
+    def add(self, revision: str, status: int | None, latency: object, timestamp: datetime | None) -> None:
+        if timestamp is None:
+            return
+        ts = _utc(timestamp)
+        if not (self._window.start <= ts < self._window.end):
+            return
+        minutes = self._rev.get(revision)
+        if minutes is None:
+            if len(self._rev) >= self.max_revisions:  # pooled like RevisionStatsAccumulator's
+                revision = RevisionStatsAccumulator.OTHER
+            minutes = self._rev.setdefault(revision, {})
+        index = int((ts - self._first_minute).total_seconds() // 60)
+        cell = minutes.get(index)
+        if cell is None:
+            cell = minutes[index] = _MinuteCounters()
+        cell.requests += 1
+        if status is not None and status >= 500:
+            cell.server_errors += 1
+        ms = parse_latency_ms(latency)
+        if ms is not None:
+            if cell.latency is None:
+                cell.latency = CompactLatencyHistogram()
+            cell.latency.add(ms)
+
+    def result(self) -> dict[str, list[MinuteStats]]:
+        grid = [b.minute_start for b in self._window.buckets()]
+        out: dict[str, list[MinuteStats]] = {}
+        for revision, minutes in sorted(self._rev.items()):
+            series = []
+            for index, minute in enumerate(grid):
+                cell = minutes.get(index)
+                if cell is None:
+                    series.append(MinuteStats(minute, 0, 0, None))
+                else:
+                    p95 = cell.latency.quantile(0.95) if cell.latency else None
+                    series.append(MinuteStats(minute, cell.requests, cell.server_errors, _round(p95)))
+            out[revision] = series
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
 # Request-log stream summary (per revision stats + 5xx timeline + failing endpoints)
 # --------------------------------------------------------------------------------------------------
 
@@ -485,6 +590,7 @@ class RequestLogSummary:
     server_errors_per_minute: list[MinuteCount]
     server_errors_per_minute_by_revision: dict[str, list[MinuteCount]]
     failing_endpoints: list[EndpointCount]
+    per_minute_by_revision: dict[str, list[MinuteStats]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -495,7 +601,15 @@ class RequestLogSummary:
                 r: _minutes_json(b) for r, b in self.server_errors_per_minute_by_revision.items()
             },
             "failing_endpoints": [{"path": p, "count": c} for p, c in self.failing_endpoints],
+            "per_minute_by_revision": {r: per_minute_json(m) for r, m in self.per_minute_by_revision.items()},
         }
+
+
+def per_minute_json(minutes: list[MinuteStats]) -> list[dict[str, Any]]:
+    """JSON-able minutes; a minute without requests has a null error rate (a gap, not 0 %)."""
+    return [{"minute": m.minute_start.isoformat(), "requests": m.requests, "server_errors": m.server_errors,
+             "error_rate": round(m.server_errors / m.requests, 6) if m.requests else None, "p95_ms": m.p95_ms}
+            for m in minutes]
 
 
 def _minutes_json(buckets: list[MinuteCount]) -> list[dict[str, Any]]:
@@ -516,11 +630,13 @@ class RequestLogAggregator:
         self._minutes = MinuteCounter(start, end)
         self._minutes_by_rev: dict[str, MinuteCounter] = {}
         self._endpoints = EndpointCounter()
+        self._series = MinuteSeriesAccumulator(start, end, self.stats.max_revisions)
 
     def add(self, revision: str, status: int | None, latency: object, timestamp: datetime | None,
             url: str | None) -> None:
         self.entries += 1
         self.stats.add(revision, status, latency)
+        self._series.add(revision, status, latency, timestamp)
         if status is not None and status >= 500:
             if timestamp is not None:
                 self._minutes.add(timestamp)
@@ -537,6 +653,7 @@ class RequestLogAggregator:
             server_errors_per_minute=self._minutes.buckets(),
             server_errors_per_minute_by_revision={r: m.buckets() for r, m in sorted(self._minutes_by_rev.items())},
             failing_endpoints=self._endpoints.most_common(),
+            per_minute_by_revision=self._series.result(),
         )
 
 

@@ -1,5 +1,6 @@
 """Evidence capture from Google Cloud (runbook Phase 1 Step 2): error logs, a per-revision metrics
-snapshot built from the Cloud Run request log, and the deployment config, plus the health check.
+snapshot built from the Cloud Run request log and Cloud Monitoring's container metrics, and the deployment
+config, plus the health check.
 
 Real clients only — tests point them at ``sandbox.gcp.GcpSandbox`` over loopback HTTP instead of
 patching them. Every call has an explicit timeout; every failure becomes an :class:`EvidenceError`
@@ -23,7 +24,7 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import GoogleAuthError
 from google.auth.transport.requests import AuthorizedSession
 from google.cloud import logging as cloud_logging
-from google.cloud import run_v2
+from google.cloud import monitoring_v3, run_v2
 
 from bot.evidence.analysis import (
     DEFAULT_THRESHOLDS,
@@ -46,6 +47,7 @@ from bot.evidence.analysis import (
     short_revision,
     top_patterns,
 )
+from bot.evidence.monitoring import MEMORY, fetch_utilisation, utilisation_percentile
 from bot.evidence.verify import VerifyResult, verify_rollback
 from bot.sanitize import clean_optional, clean_text
 
@@ -59,7 +61,7 @@ ERROR_KINDS = ("permission_denied", "not_found", "timeout", "unavailable", "erro
 
 
 class EvidenceError(Exception):
-    """What failed (``source``: logging | run | health) and why (``kind``), with a short ``detail``."""
+    """What failed (``source``: logging | run | monitoring | health) and why (``kind``), with a short ``detail``."""
 
     def __init__(self, kind: str, source: str, detail: str) -> None:
         if kind not in ERROR_KINDS:
@@ -317,12 +319,37 @@ def fetch_request_summary(client: cloud_logging.Client, project: str, service: s
     agg = aggregator or RequestLogAggregator(start, end, thresholds)
     try:
         for entry in stream_request_logs(client, project, service, start, end, page_size):
-            http = entry.http_request or {}
-            agg.add(_labels(entry).get("revision_name") or "(unknown)", _status(http), http.get("latency"),
-                    entry.timestamp, clean_optional(http.get("requestUrl")))
+            _add_request(agg, entry)
     except Exception as exc:
         raise classify_exception(exc, "logging") from exc
     return agg.summary()
+
+
+def _add_request(aggregator: RequestLogAggregator, entry: Any) -> None:
+    http = entry.http_request or {}
+    aggregator.add(_labels(entry).get("revision_name") or "(unknown)", _status(http), http.get("latency"),
+                   entry.timestamp, clean_optional(http.get("requestUrl")))
+
+
+def fetch_judged_and_drawn(client: cloud_logging.Client, project: str, service: str, since: datetime,
+                           now: datetime, drawn_since: datetime) -> tuple[RequestLogSummary, RequestLogSummary]:
+    """The request stats of [since, now), which a verification judges, and of the longer [drawn_since, now), which
+    its chart draws, from one stream over the longer window: no page is read twice, and the judged numbers are
+    exactly those of [since, now) alone. Raises :class:`EvidenceError` (source "logging")."""
+    if drawn_since >= since:
+        judged = fetch_request_summary(client, project, service, since, now)
+        return judged, judged
+    judged_agg, drawn_agg = RequestLogAggregator(since, now), RequestLogAggregator(drawn_since, now)
+    try:
+        for entry in stream_request_logs(client, project, service, drawn_since, now):
+            _add_request(drawn_agg, entry)
+            # The filter already ends the stream at `now`. An entry without a time is counted, as a read of
+            # [since, now) alone counts it.
+            if entry.timestamp is None or entry.timestamp >= since:
+                _add_request(judged_agg, entry)
+    except Exception as exc:
+        raise classify_exception(exc, "logging") from exc
+    return judged_agg.summary(), drawn_agg.summary()
 
 
 # -- Cloud Run ------------------------------------------------------------------------------------
@@ -427,6 +454,10 @@ class EvidenceBundle:
     endpoints: list[EndpointCount] = field(default_factory=list)
     labels: dict[str, RevisionLabel] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Cloud Monitoring's per-revision memory / CPU p99 and peak instances; kept apart from `failures`, whose order
+    # tells the three files' failures apart (view.failures_by_kind).
+    utilisation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    utilisation_error: EvidenceError | None = None
 
     @property
     def complete(self) -> bool:
@@ -450,6 +481,8 @@ class EvidenceBundle:
             "endpoints": [{"path": p, "count": c} for p, c in self.endpoints],
             "labels": {r: vars(lab).copy() for r, lab in self.labels.items()},
             "metrics": self.metrics,
+            "utilisation": self.utilisation,
+            "utilisation_error": self.utilisation_error.to_dict() if self.utilisation_error else None,
         }
 
 
@@ -468,11 +501,13 @@ def collect_evidence(
     request_page_size: int = MAX_PAGE_SIZE,
     run_timeout: float = DEFAULT_TIMEOUT,
     thresholds: ReadingThresholds = DEFAULT_THRESHOLDS,
+    monitoring_client: monitoring_v3.MetricServiceClient | None = None,
 ) -> EvidenceBundle:
     """Capture error logs, the request-log metrics snapshot and the service config for
     [since, now), then analyse. Never raises for a failed capture: it is listed in ``failures``
     and the rest is kept (a request stream that broke midway is kept with ``requests_complete``
-    False)."""
+    False). With ``monitoring_client`` the snapshot gains each revision's memory and CPU utilisation and
+    instance count; a failure there is ``utilisation_error``."""
     started = time.perf_counter()
     bundle = EvidenceBundle(project, region, service, since, now, deployed_at or since)
 
@@ -498,6 +533,13 @@ def collect_evidence(
     except EvidenceError as err:
         bundle.failures.append(err)
 
+    if monitoring_client is not None:
+        try:
+            found = fetch_utilisation(monitoring_client, project, service, since, now)
+            bundle.utilisation = {revision: usage.to_dict() for revision, usage in found.items()}
+        except Exception as exc:
+            bundle.utilisation_error = classify_exception(exc, "monitoring")
+
     _analyse(bundle)
     bundle.capture_seconds = time.perf_counter() - started
     return bundle
@@ -511,6 +553,11 @@ def _analyse(bundle: EvidenceBundle) -> None:
     stats = bundle.requests.revisions if bundle.requests else {}
     bundle.labels = label_revisions(bundle.service_config, stats.keys())
     bundle.metrics = metrics_by_role(stats, bundle.labels)
+    for snapshot in bundle.metrics.values():
+        usage = bundle.utilisation.get(snapshot.get("revision", ""))
+        if usage is not None:
+            snapshot.update({"memory_utilization_p99": usage["memory_p99"], "cpu_utilization_p99": usage["cpu_p99"],
+                             "instance_count_max": usage["instances_max"]})
     canary = next((r for r, lab in bundle.labels.items() if lab.role == "canary"), None)
     by_rev = bundle.requests.server_errors_per_minute_by_revision if bundle.requests else {}
     if canary and canary in by_rev:
@@ -537,6 +584,8 @@ class GcpClientSource(Protocol):
 
     def run(self) -> run_v2.ServicesClient: ...
 
+    def monitoring(self) -> monitoring_v3.MetricServiceClient: ...
+
 
 @dataclass(frozen=True)
 class LiveVerification:
@@ -547,6 +596,10 @@ class LiveVerification:
     health_url: str | None
     service_config: dict[str, Any] | None
     revisions: dict[str, RevisionStats]
+    requests: RequestLogSummary | None = None  # the judged window's request logs in full
+    memory: dict[str, float] | None = None  # p99 per revision; None when not read or unreadable
+    # The chart's window (`chart_since` to now) in full: `requests` itself when the chart draws the judged window.
+    chart_requests: RequestLogSummary | None = None
 
 
 def verify_rollback_live(
@@ -560,10 +613,14 @@ def verify_rollback_live(
     error_rate_max: float,
     p95_max_ms: float,
     health_url: str | None = None,
+    memory_max: float | None = None,
+    chart_since: datetime | None = None,
 ) -> LiveVerification:
     """Fetch config, request stats of [since, now) and /health (``health_url``, else the service's own
-    ``<uri>/health``), then :func:`verify_rollback`. A failed fetch is returned in ``failures`` (and makes
-    the affected checks fail), never raised."""
+    ``<uri>/health``), and with ``memory_max`` the p99 memory utilisation of the serving revisions from Cloud
+    Monitoring, then :func:`verify_rollback`. A failed fetch is returned in ``failures`` (and makes the
+    affected checks fail), never raised. With an earlier ``chart_since`` the same request-log read starts there,
+    for the chart only (``chart_requests``): what is judged stays [since, now)."""
     failures: list[EvidenceError] = []
     config: dict[str, Any] | None = None
     try:
@@ -571,8 +628,12 @@ def verify_rollback_live(
     except Exception as exc:  # EvidenceError, or the client could not be built
         failures.append(classify_exception(exc, "run"))
     revisions: dict[str, RevisionStats] = {}
+    requests: RequestLogSummary | None = None
+    chart_requests: RequestLogSummary | None = None
     try:
-        revisions = dict(fetch_request_summary(clients.logging(), project, service, since, now).revisions)
+        requests, chart_requests = fetch_judged_and_drawn(clients.logging(), project, service, since, now,
+                                                          chart_since or since)
+        revisions = dict(requests.revisions)
     except Exception as exc:
         failures.append(classify_exception(exc, "logging"))
     status: int | None = None
@@ -581,5 +642,23 @@ def verify_rollback_live(
         status, health_error = check_health(url)
         if health_error:
             failures.append(health_error)
-    result = verify_rollback(config, revisions, status, error_rate_max=error_rate_max, p95_max_ms=p95_max_ms)
-    return LiveVerification(result, failures, url, config, revisions)
+    memory: dict[str, float] | None = None
+    if memory_max is not None:
+        memory = _read_memory(clients, project, service, since, now, config, failures)
+    result = verify_rollback(config, revisions, status, error_rate_max=error_rate_max, p95_max_ms=p95_max_ms,
+                             memory_max=memory_max, memory_by_revision=memory)
+    return LiveVerification(result, failures, url, config, revisions, requests, memory, chart_requests)
+
+
+def _read_memory(clients: GcpClientSource, project: str, service: str, since: datetime, now: datetime,
+                 config: Mapping[str, Any] | None, failures: list[EvidenceError]) -> dict[str, float] | None:
+    """p99 memory of the revisions serving now (every revision of the service when the split is unknown), or None
+    with the reason added to `failures`."""
+    served = [item["revision"] for item in (config or {}).get("traffic_statuses") or []
+              if item.get("revision") and item.get("percent")]
+    try:
+        return utilisation_percentile(clients.monitoring(), project, service, MEMORY, since, now,
+                                      revisions=sorted(set(served)))
+    except Exception as exc:  # the API refused, or the client could not be built (no credentials)
+        failures.append(classify_exception(exc, "monitoring"))
+        return None

@@ -16,12 +16,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google.cloud import logging as cloud_logging
-from google.cloud import run_v2
+from google.cloud import monitoring_v3, run_v2
 from sqlalchemy import select
 
 from bot import postmortem, timeline
 from bot.context import Context
-from bot.evidence import view
+from bot.evidence import chart, view
+from bot.evidence.analysis import label_revisions, per_minute_json
 from bot.evidence.gcp import (
     EvidenceBundle,
     EvidenceError,
@@ -31,8 +32,9 @@ from bot.evidence.gcp import (
     make_run_client,
     verify_rollback_live,
 )
+from bot.evidence.monitoring import make_monitoring_client
 from bot.parsing import UsageError
-from bot.ports import MessengerError
+from bot.ports import MessengerError, RecoveryOffer, RollbackOffer, VerificationView
 from bot.render import RenderedMessage
 from bot.settings import Settings
 from storage.models import Evidence, Incident
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 ERROR_LIMIT = 500
 LOOKBACK_WITHOUT_DEPLOY = timedelta(hours=1)
 FILE_PREFIX = {"errors": "evidence_errors", "metrics": "evidence_metrics", "config": "evidence_canary_config"}
-CONFIRM_RECOVERED = "evidence.confirm_recovered"
 _CLIENTS_KEY = "evidence.clients"
 _RUNNING_KEY = "evidence.running"
 _setup_lock = threading.Lock()
@@ -60,6 +61,7 @@ class GcpClients:
         self._lock = threading.Lock()
         self._logging: cloud_logging.Client | None = None
         self._run: run_v2.ServicesClient | None = None
+        self._monitoring: monitoring_v3.MetricServiceClient | None = None
 
     def logging(self) -> cloud_logging.Client:
         with self._lock:
@@ -77,6 +79,12 @@ class GcpClients:
             if self._run is None:
                 self._run = make_run_client(self._settings.cloud_run_api_url)
             return self._run
+
+    def monitoring(self) -> monitoring_v3.MetricServiceClient:
+        with self._lock:
+            if self._monitoring is None:
+                self._monitoring = make_monitoring_client(self._settings.cloud_monitoring_api_url)
+            return self._monitoring
 
 
 def clients(ctx: Context) -> GcpClients:
@@ -129,6 +137,7 @@ class Target:
     deployed_at: datetime | None
     opened_at: datetime
     recovered_at: datetime | None
+    rollback_at: datetime | None = None
 
 
 def load_target(ctx: Context, incident_id: int) -> Target | None:
@@ -138,7 +147,7 @@ def load_target(ctx: Context, incident_id: int) -> Target | None:
         if not service:
             return None
         return Target(incident.id, incident.public_id, incident.channel_id, incident.announcement_ts, service,
-                      incident.deployed_at, incident.opened_at, incident.recovered_at)
+                      incident.deployed_at, incident.opened_at, incident.recovered_at, incident.rollback_at)
 
 
 @dataclass
@@ -242,6 +251,9 @@ def build_payloads(bundle: EvidenceBundle, target: Target, run_id: str, captured
             "server_errors_per_minute": requests["server_errors_per_minute"],
             "server_errors_per_minute_by_revision": requests["server_errors_per_minute_by_revision"],
             "failing_endpoints": requests["failing_endpoints"],
+            # Cloud Monitoring, per revision: memory / CPU p99 and peak instances, or why they are missing.
+            "utilisation": data["utilisation"], "utilisation_error": data["utilisation_error"],
+            "per_minute_by_revision": requests["per_minute_by_revision"],
         }
     config: dict[str, Any] | None = None
     if bundle.service_config is not None:
@@ -339,33 +351,48 @@ def capture(ctx: Context, incident_id: int, *, actor: str | None = None, actor_n
         bundle = EvidenceBundle(settings.gcp_project or "", settings.cloud_run_region or "", target.service, since,
                                 now, target.deployed_at or since, failures=failures)
     else:
+        monitoring_client, monitoring_error = None, None
+        try:
+            monitoring_client = gcp.monitoring()
+        except Exception as exc:  # its own credentials lookup: the snapshot says memory and CPU are missing
+            monitoring_error = classify_exception(exc, "monitoring")
         bundle = collect_evidence(
             logging_client=logging_client, run_client=run_client, project=settings.gcp_project or "",
             region=settings.cloud_run_region or "", service=target.service, now=now, since=since,
-            deployed_at=target.deployed_at, error_limit=ERROR_LIMIT,
+            deployed_at=target.deployed_at, error_limit=ERROR_LIMIT, monitoring_client=monitoring_client,
         )
+        bundle.utilisation_error = bundle.utilisation_error or monitoring_error
+    stamp = file_stamp(ctx, now)
+    partial = bundle.requests is not None and not bundle.requests_complete
+    chart_data = chart.chart_data_for(ctx, target.incident_id, bundle.requests, bundle.labels, window_start=since,
+                                      window_end=now, partial=partial)
     payloads = build_payloads(bundle, target, run_id, now, ctx.formatter().zone_label)
+    if payloads["metrics"] is not None:  # what the report needs to draw this chart again
+        payloads["metrics"]["chart"] = chart.payload(chart_data, chart.file_name(stamp))
     outcome.stored = store_capture(ctx, target, bundle, run_id, now, payloads, actor=actor, actor_name=actor_name)
     log.info("evidence captured", extra={"json_fields": {
         "incident_id": target.public_id, "run_id": run_id, "failed": [f.kind for f in bundle.failures],
         "seconds": round(bundle.capture_seconds, 3)}})
 
-    stamp = file_stamp(ctx, now)
+    # Drawn here, in the evidence job, so the summary can say why a chart is missing.
+    picture = chart.draw_for_thread(ctx, chart_data, chart.file_name(stamp), public_id=target.public_id,
+                                    service=target.service)
     summary = view.capture_view(bundle, target.public_id, target.deployed_at is not None)
     summary.files = [f"{FILE_PREFIX[k]}_{stamp}.json" for k in ("errors", "metrics", "config") if payloads[k]]
+    summary.chart_missing = picture.missing
     render = {**window, "v": summary, "zone": window["fmt"].zone_label}
-    thread.show(ctx.renderer.message("evidence/summary", ctx.locale, **render))
+    offer = rollback_offer(ctx, target.incident_id, bundle)
+    thread.show(summary_message(ctx, render, offer))
     outcome.message_ts = thread.ts
     if thread.ts is None:
         outcome.slack_error = thread.error
         return outcome
 
-    for kind in ("errors", "metrics", "config"):
-        payload = payloads[kind]
-        if payload is None:
-            continue
-        filename = f"{FILE_PREFIX[kind]}_{stamp}.json"
-        content = json.dumps(payload, ensure_ascii=False, indent=2).encode("utf-8")
+    uploads = [(f"{FILE_PREFIX[kind]}_{stamp}.json", json.dumps(payload, ensure_ascii=False, indent=2).encode("utf-8"))
+               for kind in ("errors", "metrics", "config") if (payload := payloads[kind]) is not None]
+    if picture.png is not None:
+        uploads.append((picture.filename, picture.png))
+    for filename, content in uploads:
         try:
             ctx.messenger.upload_file(target.channel, target.thread_ts, filename, content, title=filename)
             outcome.files.append(filename)
@@ -373,9 +400,32 @@ def capture(ctx: Context, incident_id: int, *, actor: str | None = None, actor_n
             log.warning("evidence upload %s failed: %s", filename, error.kind)
             summary.upload_failures.append((filename, error.kind))
     if summary.upload_failures:
-        thread.show(ctx.renderer.message("evidence/summary", ctx.locale, **render))
+        thread.show(summary_message(ctx, render, offer))
         outcome.slack_error = summary.upload_failures[0][1]
     return outcome
+
+
+def canary_failing(bundle: EvidenceBundle, settings: Settings) -> bool:
+    """Whether a canary that still serves traffic is over any threshold the rollback check holds it to."""
+    canary = bundle.metrics.get("canary")
+    label = bundle.labels.get(canary["revision"]) if canary else None
+    if canary is None or label is None or not label.serving:
+        return False
+    p95, memory = canary.get("p95_response_time_ms"), canary.get("memory_utilization_p99")
+    return bool(canary["error_rate"] >= settings.error_rate_max or (p95 is not None and p95 >= settings.p95_max_ms)
+                or (memory is not None and memory >= settings.memory_max))
+
+
+def rollback_offer(ctx: Context, incident_id: int, bundle: EvidenceBundle) -> RollbackOffer | None:
+    """With rollback turned on, a failing canary gets a button under the summary that proposes the rollback."""
+    if not ctx.settings.rollback_enabled or not canary_failing(bundle, ctx.settings):
+        return None
+    return RollbackOffer(incident_id, ctx.say("rollback.offer_button"))
+
+
+def summary_message(ctx: Context, render: dict[str, Any], offer: RollbackOffer | None) -> RenderedMessage:
+    message = ctx.renderer.message("evidence/summary", ctx.locale, **render)
+    return message if offer is None else ctx.presenter.rollback_offer(message, offer)
 
 
 def capture_job(ctx: Context, incident_id: int, actor: str | None = None, actor_name: str | None = None) -> Outcome:
@@ -402,19 +452,36 @@ def verify(ctx: Context, incident_id: int, *, actor: str | None = None, actor_na
     thread = _Thread(ctx, target)
     thread.progress(ctx.say("evidence.verify_progress", service=target.service))
 
+    # The chart reaches back before the rollback, so the failing canary, the rollback and the drop are in one
+    # picture; only [since, now) is judged.
+    chart_since = chart.verify_chart_start(
+        judged_start=since, now=now, rollback_at=target.rollback_at, verify_window=settings.verify_window,
+        evidence_start=target.deployed_at or (target.opened_at - LOOKBACK_WITHOUT_DEPLOY))
     live = verify_rollback_live(
         clients=clients(ctx), project=settings.gcp_project or "", region=settings.cloud_run_region or "",
         service=target.service, now=now, since=since, error_rate_max=settings.error_rate_max,
-        p95_max_ms=settings.p95_max_ms, health_url=settings.health_url,
+        p95_max_ms=settings.p95_max_ms, health_url=settings.health_url, memory_max=settings.memory_max,
+        chart_since=chart_since,
     )
     result, failures, health_url = live.result, live.failures, live.health_url
+    stamp = file_stamp(ctx, now)
+    drawn = live.chart_requests
+    chart_labels = label_revisions(live.service_config, [*live.revisions, *(drawn.revisions if drawn else ())])
+    chart_data = chart.chart_data_for(ctx, target.incident_id, drawn, chart_labels, window_start=chart_since,
+                                      window_end=now)
+    # The chart's minutes (its own window, in `chart`), so the report can draw it again.
+    per_minute = drawn.per_minute_by_revision if drawn else {}
     payload = {
         "kind": "verify", "incident": target.public_id, "run_id": run_id, "service": target.service,
         "project": settings.gcp_project, "region": settings.cloud_run_region,
         "window_start": since.isoformat(), "window_end": now.isoformat(), "health_url": health_url,
-        "thresholds": {"error_rate_max": settings.error_rate_max, "p95_max_ms": settings.p95_max_ms},
+        "thresholds": {"error_rate_max": settings.error_rate_max, "p95_max_ms": settings.p95_max_ms,
+                       "memory_max": settings.memory_max},
         "result": result.to_dict(), "failures": [f.to_dict() for f in failures],
         "traffic_statuses": (live.service_config or {}).get("traffic_statuses"), "revisions": live.revisions,
+        "memory_p99": live.memory,
+        "per_minute_by_revision": {r: per_minute_json(m) for r, m in per_minute.items()},
+        "chart": chart.payload(chart_data, chart.file_name(stamp)),
     }
     failed = [c.name for c in result.checks if not c.passed]
     with ctx.db.session() as session:
@@ -432,40 +499,32 @@ def verify(ctx: Context, incident_id: int, *, actor: str | None = None, actor_na
     v = view.verify_view(result, failures, public_id=target.public_id, service=target.service,
                          window_start=since, window_end=now, health_url=health_url)
     v.recorded_recovery = target.recovered_at
-    thread.show(render_verify(ctx, target.incident_id, v))
+    thread.show(ctx.presenter.verification(verification_view(ctx, target.incident_id, v)))
     outcome.message_ts = thread.ts
     outcome.slack_error = thread.error if thread.ts is None else None
+    if thread.ts is not None:  # the same picture as the evidence's, for this window: the drop after the rollback
+        picture = chart.draw_for_thread(ctx, chart_data, chart.file_name(stamp), public_id=target.public_id,
+                                        service=target.service)
+        if picture.png is not None:
+            try:
+                ctx.messenger.upload_file(target.channel, target.thread_ts, picture.filename, picture.png,
+                                          title=picture.filename)
+                outcome.files.append(picture.filename)
+            except MessengerError as error:
+                log.warning("verification chart upload %s failed: %s", picture.filename, error.kind)
     return outcome
 
 
-def confirm_value(incident_id: int, verified_at: datetime) -> str:
-    return f"{incident_id}|{verified_at.isoformat()}"
-
-
-def parse_confirm_value(value: str) -> tuple[int, datetime] | None:
-    incident, _, at = value.partition("|")
-    try:
-        parsed = datetime.fromisoformat(at)
-        return (int(incident), parsed) if parsed.tzinfo is not None else None
-    except ValueError:
-        return None
-
-
-def render_verify(ctx: Context, incident_id: int, v: view.VerifyView) -> RenderedMessage:
+def verification_view(ctx: Context, incident_id: int, v: view.VerifyView) -> VerificationView:
+    """The verification's message; a pass nobody has acted on yet offers to record `recovered`."""
     context = _window_context(ctx, v.window_start, v.window_end)
-    message = ctx.renderer.message("evidence/verify", ctx.locale, v=v, memory_max=ctx.settings.memory_max,
-                                   window=context["fmt"].duration(v.window_end - v.window_start), **context)
+    body = ctx.renderer.message("evidence/verify", ctx.locale, v=v, memory_max=ctx.settings.memory_max,
+                                window=context["fmt"].duration(v.window_end - v.window_start), **context)
+    recovery = None
     if v.passed and v.confirmed_by is None and v.recorded_recovery is None:
         label = ctx.say("evidence.confirm_button", at=ctx.formatter().time(v.verified_at))
-        message.blocks.append({
-            "type": "actions", "block_id": "evidence.recovered",
-            "elements": [{
-                "type": "button", "action_id": CONFIRM_RECOVERED, "style": "primary",
-                "text": {"type": "plain_text", "text": label[:75], "emoji": True},
-                "value": confirm_value(incident_id, v.verified_at),
-            }],
-        })
-    return message
+        recovery = RecoveryOffer(incident_id, v.verified_at, label)
+    return VerificationView(body, recovery)
 
 
 def stored_verify(ctx: Context, incident_id: int, verified_at: datetime) -> dict[str, Any] | None:
