@@ -15,7 +15,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
 import google.cloud.logging_v2
@@ -189,3 +191,33 @@ class GunicornJSONLogger(glogging.Logger):
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         return None
+
+
+class OutageLog:
+    """Logs a failure that repeats on every request during an outage (the database down): its traceback at most
+    once per `interval` seconds per message, and one line without it in between. Without this an outage wrote a
+    ~6 KB traceback per refused request, a flood in Cloud Logging at the moment someone needs to read it."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def error(self, logger: logging.Logger, message: str, *args: Any) -> None:
+        """Call from an `except` block, like logger.exception."""
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(message)
+            full = last is None or now - last >= self.interval
+            if full:
+                self._last[message] = now
+        if full:
+            logger.exception(message, *args)
+        else:
+            error = sys.exc_info()[1]
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if error else "unknown"
+            logger.error(message + " (%s; traceback logged at most once a minute)", *args, reason)
+
+
+outage_log = OutageLog()

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot import ingest, pins
 from bot.context import Context
+from bot.logsetup import outage_log
 from handlers import reactions
 from handlers.guards import ACK_WRITTEN
 
@@ -49,7 +50,7 @@ def store_before_ack(ctx: Context, context: BoltContext, what: str, store: Calla
         with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
             store(ctx, *args, **kwargs)
     except SQLAlchemyError:
-        log.exception("could not store a %s event; answering 503 so that Slack delivers it again", what)
+        outage_log.error(log, "could not store a %s event; answering 503 so that Slack delivers it again", what)
         return BoltResponse(status=503, body={"error": "database unavailable"})
     return None
 

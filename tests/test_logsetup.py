@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.exc import OperationalError
 
-from bot.logsetup import REDACTED, RedactingFilter, configure_logging, log_fields
+from bot.logsetup import REDACTED, OutageLog, RedactingFilter, configure_logging, log_fields
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sup3r-s3cret-signing-key-4711"
@@ -197,3 +198,27 @@ def test_fresh_process_writes_only_json_to_stderr():
     assert records[0]["incident_id"] == "INCIDENT-9"
     assert SECRET not in proc.stderr
     assert BOT_TOKEN not in proc.stderr
+
+
+def test_an_outage_logs_its_traceback_once_a_minute_and_one_line_per_request_otherwise(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    outage = OutageLog(interval=60, clock=lambda: now[0])
+    logger = logging.getLogger("test.outage")
+
+    def fail(n: int) -> None:
+        try:
+            raise OperationalError("INSERT", None, Exception("unable to open database file"))
+        except OperationalError:
+            outage.error(logger, "could not store a %s event", f"message {n}")
+
+    with caplog.at_level(logging.ERROR, logger="test.outage"):
+        for n in range(50):
+            fail(n)
+        now[0] += 61
+        fail(50)
+    records = [r for r in caplog.records if r.name == "test.outage"]
+    assert len(records) == 51  # every refused request is still one line
+    assert [n for n, r in enumerate(records) if r.exc_info] == [0, 50]
+    assert "OperationalError: (builtins.Exception) unable to open database file" in records[1].getMessage()
+    assert "message 1" in records[1].getMessage()
