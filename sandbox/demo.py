@@ -2,8 +2,11 @@
 sandboxes, with the real app in between over loopback HTTP. Prints what the channel would show and writes
 the finished post-mortem.
 
-Time is compressed: the app and both sandboxes read one clock, which the script moves from 14:00 on
-2025-10-22 (the guide's example day) through the +2h post-mortem meeting, firing the reminders as it goes.
+Where the guide's team noticed the alarm 20 minutes late and gathered the evidence by hand, here Cloud Monitoring's
+webhook posts the alarm, one click declares the incident with its evidence, and the rollback is confirmed and
+verified from the thread. Time is compressed: the app and the sandboxes read one clock, which the script moves
+from 14:00 on 2025-10-22 (the guide's example day) through the +2h post-mortem meeting, firing what falls due
+(reminders, the check after the rollback) as it goes.
 """
 
 from __future__ import annotations
@@ -17,18 +20,29 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot import reminders
+import requests
+from sqlalchemy import select
+
+from bot import reminders, rollback
 from bot.checklist import GROUPS
 from bot.clock import ManualClock
 from bot.render import slack_unescape
+from handlers.alerts_webhook import ROUTE as ALERT_ROUTE
+from handlers.blocks import alerts as alert_buttons
+from handlers.blocks import evidence as evidence_buttons
+from handlers.blocks import rollback as rollback_buttons
 from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.loopback import LocalBot, RuntimeBuilder
-from sandbox.slack import SlackSandbox
+from sandbox.slack import JSONDict, SlackSandbox
+from storage.models import Incident
 
 CHANNEL = "C0INCIDENTS"
 DAY = datetime(2025, 10, 22, tzinfo=UTC)
-SENA, LEMUN, GITCO, LUBIT, MONITOR = "U0SENA", "U0LEMUN", "U0GITCO", "U0LUBIT", "U0MONITOR"
+SENA, LEMUN, GITCO, LUBIT = "U0SENA", "U0LEMUN", "U0GITCO", "U0LUBIT"
 INCIDENT_ID = "INCIDENT-20251022-001"
+# Cloud Monitoring's webhook channel (webhook_tokenauth): the token travels in the URL it was created with.
+ALERT_TOKEN = "demo-alert-token-20251022"
+EDIT_LINES_SHOWN = 40  # of the lines an edit changed: enough for a whole evidence summary
 DATABASE_FILE = "demo.db"  # kept beside the report, so `incident-bot report` can read it afterwards
 # What a run writes besides the files uploaded to Slack. A new run removes these and the files listed by the last
 # run's demo.json, and nothing else: the output directory may be one the user also keeps other files in.
@@ -52,10 +66,12 @@ class Transcript:
         self.lines: list[str] = []
         self._calls_seen = 0
         self._responses_seen = 0
-        self.names = {SENA: "Sena", LEMUN: "Lemun", GITCO: "Gitco", LUBIT: "Lubit", MONITOR: "Monitoring"}
+        self._shown: dict[tuple[str, str], list[str]] = {}  # each bot message's lines as last posted or edited
+        self.names = {SENA: "Sena", LEMUN: "Lemun", GITCO: "Gitco", LUBIT: "Lubit",
+                      bot.slack.bot_user_id: "incident-bot"}
 
     def say(self, key: str, **params: Any) -> str:
-        """The frame's words in the bot's language (templates/<locale>/messages/demo.j2), as plain text."""
+        """The frame's words in the bot's language (templates/messages/demo.j2 and its catalogue), as plain text."""
         return slack_unescape(self.bot.ctx.renderer.say(f"demo.{key}", self.bot.ctx.settings.locale, **params))
 
     def emit(self, text: str = "") -> None:
@@ -91,6 +107,28 @@ class Transcript:
         for line in lines[1:]:
             self.emit(f"{indent}{line}" if line.strip() else "")
 
+    def buttons(self, blocks: Any) -> None:
+        """A message's buttons, as the channel shows them under it."""
+        if isinstance(blocks, str):  # a form-encoded call carries its blocks as JSON text
+            blocks = json.loads(blocks)
+        labels = [f"[{element['text']['text']}]" for block in blocks or [] if block.get("type") == "actions"
+                  for element in block.get("elements", []) if element.get("type") == "button"]
+        if labels:
+            self.emit(f"    {'  '.join(labels)}")
+
+    def edited(self, channel: str, ts: str, text: str, blocks: Any) -> None:
+        """An edit: its first line, then the lines it changed, so the transcript shows what became different."""
+        lines = [line for line in slack_unescape(text).strip().splitlines() if line.strip()]
+        before = self._shown.get((channel, ts), [])
+        self._shown[(channel, ts)] = lines
+        self.emit(f"✏️  {self.say('bot_edited', first_line=lines[0] if lines else '')}")
+        changed = [line for line in lines[1:] if line not in before]
+        for line in changed[:EDIT_LINES_SHOWN]:
+            self.emit(f"    {line}")
+        if len(changed) > EDIT_LINES_SHOWN:
+            self.emit("    …")
+        self.buttons(blocks)
+
     def ack(self, response: Any) -> None:
         try:
             text = response.json().get("text", "")
@@ -109,10 +147,14 @@ class Transcript:
             args = call.args
             if call.method == "chat.postMessage":
                 where = self.say("thread") if args.get("thread_ts") else "#critical-incidents"
-                self.block(f"🤖 incident-bot ({where}): ", args.get("text", ""))
+                text = args.get("text", "")
+                self.block(f"🤖 incident-bot ({where}): ", text)
+                self.buttons(args.get("blocks"))
+                posted = (call.response or {}).get("ts")
+                if posted:
+                    self._shown[(str(args.get("channel")), str(posted))] = slack_unescape(text).strip().splitlines()
             elif call.method == "chat.update":
-                first = slack_unescape(args.get("text", "")).strip().splitlines()[0:1]
-                self.emit(f"✏️  {self.say('bot_edited', first_line=first[0] if first else '')}")
+                self.edited(str(args.get("channel")), str(args.get("ts")), args.get("text", ""), args.get("blocks"))
             elif call.method == "chat.postEphemeral":
                 self.block(f"   ↳ {self.say('only_you')} ", args.get("text", ""))
             elif call.method == "reactions.add":
@@ -168,11 +210,57 @@ class Scenario:
         self.driver.react(CHANNEL, ts, user, emoji)
         self.t.flush()
 
+    def alert(self, notification: JSONDict) -> None:
+        """Cloud Monitoring's webhook delivery: a plain HTTP POST, the channel's token in the URL, no Slack in it."""
+        incident = notification["incident"]
+        line = self.t.say("webhook", route=ALERT_ROUTE, version=notification["version"], state=incident["state"],
+                          policy=incident["policy_name"])
+        self.t.emit(f"📡 {line}")
+        response = requests.post(f"{self.bot.base_url}{ALERT_ROUTE}?auth_token={ALERT_TOKEN}", json=notification,
+                                 headers={"User-Agent": "Google-Alerts"}, timeout=30)
+        self.t.emit(f"   ↳ HTTP {response.status_code} {response.text.strip()}")
+        self.t.flush()
+
+    def click(self, user: str, action_id: str) -> None:
+        """A person presses the button on the newest message that carries it, as Slack sends the click."""
+        message, button = self._button(action_id)
+        author, excerpt = self.t.excerpt(CHANNEL, str(message["ts"]))
+        label = button["text"]["text"]
+        self.t.person(user, self.t.say("clicked", label=label, author=author, excerpt=excerpt))
+        dialog = button.get("confirm")
+        if dialog:  # Slack asks first; the click reaches the app only once the person confirms
+            self.t.emit(f"🪟 {self.t.say('dialog', title=dialog['title']['text'], text=dialog['text']['text'])}")
+            self.t.person(user, self.t.say("confirmed", label=dialog["confirm"]["text"]))
+        response = self.driver.block_action(action_id, button["value"], user=user, channel=CHANNEL,
+                                            message_ts=str(message["ts"]))
+        if response.status_code != 200:
+            self.t.emit(self.t.say("click_failed", status=response.status_code))
+        self.t.flush()
+
+    def _button(self, action_id: str) -> tuple[JSONDict, JSONDict]:
+        slack = self.bot.slack
+        messages = list(slack.messages(CHANNEL))
+        for top in slack.messages(CHANNEL):
+            if top.get("reply_count"):
+                messages.extend(slack.thread(CHANNEL, top["ts"]))
+        for message in sorted(messages, key=lambda m: float(m["ts"]), reverse=True):
+            for block in message.get("blocks") or []:
+                for element in block.get("elements", []) if block.get("type") == "actions" else []:
+                    if element.get("action_id") == action_id:
+                        return message, element
+        raise RuntimeError(f"no message carries the button {action_id}")
+
+    def follow_incident(self) -> None:
+        """From here on people reply in the incident's thread: the announcement the declaration posted."""
+        with self.bot.ctx.db.read() as session:
+            self.thread_ts = session.scalars(select(Incident.announcement_ts)).one() or ""
+
     def remind(self, when_nothing: str | None = None) -> None:
-        """Delivers what has fallen due on the scenario clock, as the scheduler would in real time;
-        `when_nothing` says why a scene where nothing is posted is there."""
+        """Delivers what has fallen due on the scenario clock (reminders, the check after a rollback), as the
+        scheduler would in real time; `when_nothing` says why a scene where nothing is posted is there."""
         before = len(self.t.lines)
         reminders.deliver_due(self.bot.ctx)
+        rollback.run_due_verifications(self.bot.ctx)
         self.t.flush()
         if when_nothing and len(self.t.lines) == before:
             self.t.emit(f"ℹ️  {self.t.say(when_nothing)}")
@@ -210,18 +298,25 @@ def run_demo(build_runtime: RuntimeBuilder, output_dir: str = "out", locale: str
     clear_previous_run(output)
     database = (output / DATABASE_FILE).resolve()
     clock = ManualClock(at("13:55"))
-    scenario_data = CanaryScenario(deployed_at=at("14:00"), duration=timedelta(minutes=38), seed=20251022)
+    # The canary serves well for 14 minutes (the guide's "first metrics normal" at 14:05), then fails until the
+    # rollback at 14:35.
+    scenario_data = CanaryScenario(deployed_at=at("14:00"), onset=timedelta(minutes=14),
+                                   duration=timedelta(minutes=35), stable_revision="ion-api-00041-kav", seed=20251022)
     env = {
         "INCIDENT_LOCALE": locale or os.environ.get("INCIDENT_LOCALE", "ko"),
         "INCIDENT_TIMEZONE": "UTC",
         "GCP_PROJECT": scenario_data.project,
         "CLOUD_RUN_REGION": scenario_data.region,
-        "SCHEDULER_ENABLED": "false",  # the script fires reminders itself, in compressed time
+        "SCHEDULER_ENABLED": "false",  # the script fires what falls due itself, in compressed time
+        "ALERT_WEBHOOK_TOKEN": ALERT_TOKEN,
+        "ALERT_CHANNEL": CHANNEL,
+        "ROLLBACK_ENABLED": "true",  # Sena confirms as the incident's lead
     }
     slack = SlackSandbox(clock=lambda: clock.now().timestamp()).start()
     with GcpSandbox(scenario_data) as gcp:
         env["CLOUD_LOGGING_API_URL"] = gcp.base_url
         env["CLOUD_RUN_API_URL"] = gcp.base_url
+        env["CLOUD_MONITORING_API_URL"] = gcp.monitoring.address
         bot = LocalBot(env, build_runtime=build_runtime, clock=clock, slack=slack,
                        database_url=f"sqlite:///{database}")
         bot.start(background=False)
@@ -234,49 +329,86 @@ def run_demo(build_runtime: RuntimeBuilder, output_dir: str = "out", locale: str
             slack.stop()
 
 
+def cloud_monitoring_alert(sc: CanaryScenario, started: datetime) -> JSONDict:
+    """The notification Cloud Monitoring sends (webhook schema 1.2) when the canary's p95 has stayed over 200 ms for
+    the condition's one-minute duration: `started_at` is that moment, a minute after the latency rose."""
+    incident_id = "0.nv4k2h7q1c3x"
+    return {"version": "1.2", "incident": {
+        "incident_id": incident_id,
+        "scoping_project_id": sc.project,
+        "url": f"https://console.cloud.google.com/monitoring/alerting/incidents/{incident_id}?project={sc.project}",
+        "started_at": int(started.timestamp()),
+        "ended_at": None,
+        "state": "open",
+        "summary": f"Request Latencies for {sc.canary_revision} is above the threshold of 200 with a value of 850.",
+        "severity": "Error",
+        "resource_name": f"{sc.project} {sc.canary_revision}",
+        "resource_display_name": sc.canary_revision,
+        "resource_type_display_name": "Cloud Run Revision",
+        "resource": {"type": "cloud_run_revision", "labels": {
+            "project_id": sc.project, "service_name": sc.service, "revision_name": sc.canary_revision,
+            "location": sc.region, "configuration_name": sc.service}},
+        "metric": {"type": "run.googleapis.com/request_latencies", "displayName": "Request Latencies", "labels": {}},
+        "policy_name": f"{sc.service} p95 latency",
+        "policy_user_labels": {"team": "ion"},
+        "condition_name": "p95 > 200ms for 1 min",
+        "condition": {"name": f"projects/{sc.project}/alertPolicies/4021/conditions/1",
+                      "displayName": "p95 > 200ms for 1 min"},
+        "threshold_value": "200",
+        "observed_value": "850",
+        "documentation": {"content": "Canary latency: check the canary revision and roll back with /incident rollback.",
+                          "mime_type": "text/markdown"},
+    }}
+
+
 def play(s: Scenario) -> None:
     s.t.emit(s.t.say("title"))
     s.at("14:00", "scene_deploy")
-    s.say(SENA, "Phase 4 canary 배포 시작합니다 (ion-api-00042-xyz, 트래픽 10%)", thread=False)
+    deploy = s.say(SENA, "Phase 4 canary 배포 시작합니다 (ion-api-00042-xyz, 트래픽 10%)", thread=False)
     s.at("14:05", "scene_initial_metrics")
     s.say(LEMUN, "초기 메트릭 정상입니다", thread=False)
-    s.at("14:15", "scene_alert")
-    alert_ts = s.say(MONITOR, "[ALERT] ion-api p95 응답시간 850ms > 200ms (canary ion-api-00042-xyz)", thread=False)
 
-    s.at("14:35", "scene_open")
-    s.command(LEMUN, "/incident", "open Phase 4 Canary 배포 실패 (응답시간 증가) sev:high service:ion-api")
-    s.thread_ts = s.bot.slack.messages(CHANNEL)[-1]["ts"]
-    s.react(LEMUN, alert_ts, "pushpin")
+    s.at("14:15", "scene_alert")
+    s.alert(cloud_monitoring_alert(s.gcp.scenario, started=at("14:15")))
+    s.at("14:16", "scene_declare")
+    s.click(LEMUN, alert_buttons.action_id("declare"))
+    s.follow_incident()
+
+    s.at("14:18", "scene_roles")
+    s.react(SENA, deploy, "pushpin")
     s.command(SENA, "/incident", "milestone deployed 14:00")
-    s.command(SENA, "/incident", "milestone started 14:15")
+    s.say(SENA, "증거 요약을 보니 14:14부터 canary 5xx가 급증했습니다. 이상 발생 시점을 14:14로 기록합니다")
+    s.command(SENA, "/incident", "milestone started 14:14")
     s.command(SENA, "/incident", f"role lead <@{SENA}|sena>")
     s.command(SENA, "/incident", f"role backend <@{GITCO}|gitco>")
     s.command(SENA, "/incident", f"role devops <@{LUBIT}|lubit>")
     s.command(SENA, "/incident", f"role monitoring <@{LEMUN}|lemun>")
-    s.say(LEMUN, "p95 850ms, 에러율 9% 확인. canary 리비전에서만 발생하고 있습니다")
-    s.at("14:35", "scene_rollback_decided")
-    decision = s.say(SENA, "롤백 결정합니다. 트래픽 100% legacy로 돌립니다")
-    s.react(SENA, decision, "rewind")
-    s.command(SENA, "/incident", "status identified")
-    s.at("14:38", "scene_rollback_done")
-    done = s.say(GITCO, "롤백 완료, 메트릭 정상화 확인")
-    s.gcp.set_rolled_back()
-    s.react(GITCO, done, "white_check_mark")
 
-    s.at("14:48", "scene_verify")
-    s.command(LUBIT, "/incident", "verify")
+    s.at("14:34", "scene_evidence_again")
+    s.command(LEMUN, "/incident", "evidence")  # what the canary did since the deploy, before the rollback ends it
+    s.say(LEMUN, "p95 850ms, 에러율 9% 확인. canary 리비전에서만 발생하고 있습니다")
+
+    s.at("14:35", "scene_rollback")
+    s.say(SENA, "롤백 결정합니다. 트래픽 100% legacy로 돌립니다")
+    s.command(SENA, "/incident", "rollback")
+    s.click(SENA, rollback_buttons.CONFIRM)
+    s.command(SENA, "/incident", "status identified")
+    s.at("14:38", "scene_verify")
+    s.remind()  # the check VERIFY_AFTER_ROLLBACK (3 min) after the rollback finished
+    s.say(GITCO, "롤백 완료, 메트릭 정상화 확인")
+    s.click(GITCO, evidence_buttons.CONFIRM_RECOVERED)
     s.command(SENA, "/incident", "status monitoring")
 
-    s.at("15:05", "scene_rca")
+    s.at("14:46", "scene_rca")
     s.remind()
-    s.at("16:25", "scene_meeting_pre")
+    s.at("16:06", "scene_meeting_pre")
     s.remind()
-    s.at("16:35", "scene_meeting_start")
+    s.at("16:16", "scene_meeting_start")
     s.remind()
     s.command(SENA, "/incident", "status resolved")
     s.command(SENA, "/postmortem", "checklist")
 
-    s.at("16:50", "scene_five_whys")
+    s.at("16:30", "scene_five_whys")
     for why in (
         "왜 응답 시간이 증가했나? → 데이터베이스 쿼리 시간이 400ms 소요",
         "왜 쿼리 시간이 길어졌나? → 400번의 개별 쿼리 발생 (N+1 문제)",
@@ -290,7 +422,7 @@ def play(s: Scenario) -> None:
         "root-cause 추천 엔진의 N+1 쿼리 문제로 인해 응답 시간이 과도하게 증가했습니다. "
         "단일 추천 요청 시 400번의 개별 데이터베이스 쿼리가 발생했습니다.",
     )
-    s.at("17:15", "scene_actions")
+    s.at("17:00", "scene_actions")
     s.command(SENA, "/postmortem", f'action P0 "N+1 쿼리 수정 (조인으로 변경)" <@{GITCO}|gitco> due:2d impact:critical')
     s.command(SENA, "/postmortem", f'action P1 "추천 엔진 성능 테스트 추가" <@{GITCO}|gitco> due:1w impact:high')
     s.command(
@@ -316,10 +448,10 @@ def play(s: Scenario) -> None:
     write_conclusion(s)
     tick_checklist(s)
 
-    s.at("18:05", "scene_report")
+    s.at("17:46", "scene_report")
     s.command(SENA, "/postmortem", "report")  # in the configured language: <ID>-postmortem.md
     s.command(SENA, "/postmortem", f"report {other_locale(s.bot.ctx.settings.locale)}")
-    s.at("18:10", "scene_after_meeting")
+    s.at("17:51", "scene_after_meeting")
     s.remind(when_nothing="nudge_skipped")
     s.at("09:00", "scene_action_due", days_later=2)
     s.remind()
@@ -370,10 +502,11 @@ def write_outputs(bot: LocalBot, transcript: Transcript, output_dir: Path, datab
     written: list[Path] = []
     for file in bot.slack.files():
         name = str(file["filename"])
-        if name.endswith(".md") or name.endswith(".json"):
+        if name.endswith((".md", ".json", ".png")):
             path = output_dir / name
-            path.write_bytes(file["content"])
-            written.append(path)
+            path.write_bytes(file["content"])  # a later upload of a name (the report's chart) replaces it
+            if path not in written:
+                written.append(path)
     transcript_path = output_dir / "transcript.txt"
     transcript_path.write_text("\n".join(transcript.lines) + "\n", encoding="utf-8")
     reports = [p for p in written if p.name.endswith("-postmortem.md")]
