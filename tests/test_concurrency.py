@@ -58,6 +58,7 @@ def all_incidents(bot: LocalBot) -> list[Incident]:
         return list(session.scalars(select(Incident).order_by(Incident.id)).all())
 
 
+@pytest.mark.serial  # dozens of writers at once, against the SQLite busy timeout
 def test_forty_concurrent_opens_on_three_instances_and_two_days(instances: Callable[..., LocalBot],
                                                                  slack: SlackSandbox) -> None:
     # Two instances on day 1 race for the same sequence; a third opens on day 2 at the same time.
@@ -89,6 +90,7 @@ def test_forty_concurrent_opens_on_three_instances_and_two_days(instances: Calla
     assert sorted(i.announcement_ts for i in incidents) == sorted(m["ts"] for m in posted)
 
 
+@pytest.mark.serial  # dozens of writers at once, against the SQLite busy timeout
 def test_concurrent_replies_and_their_retries_give_one_event_each(instances: Callable[..., LocalBot],
                                                                    slack: SlackSandbox) -> None:
     a, b = instances(), instances()

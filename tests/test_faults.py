@@ -104,6 +104,7 @@ def test_open_rate_limited_past_the_retries_is_reported_and_swept_once(bot: Loca
     assert the_incident(bot).announcement_ts == posted["ts"]
 
 
+@pytest.mark.serial  # times the ack
 def test_open_whose_post_timed_out_but_landed_is_not_posted_again(bot: LocalBot) -> None:
     short_timeout(bot)
     bot.slack.slow_once("chat.postMessage", SLOW)  # Slack posts it, but answers after the client gave up
@@ -177,6 +178,7 @@ def test_reply_name_lookup_rides_out_a_rate_limit(bot: LocalBot) -> None:
     assert [c.status for c in bot.slack.calls("users.info")] == [429, 200]
 
 
+@pytest.mark.serial  # times the ack
 def test_reply_is_acked_at_once_and_kept_when_the_name_lookup_times_out(bot: LocalBot) -> None:
     _, thread_ts = open_incident(bot, "이름 조회 타임아웃")
     short_timeout(bot)
@@ -326,12 +328,14 @@ def check_database_outage(bot: LocalBot, outage: Any, counts_url: str) -> None:
     assert len(announcements(bot.slack)) == 2
 
 
+@pytest.mark.serial  # times the answer against the busy timeout
 def test_sqlite_locked_past_the_busy_timeout(slack: SlackSandbox, tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'bot.db'}"
     with LocalBot(slack=slack, database_url=url) as bot:
         check_database_outage(bot, lambda: sqlite_locked(url), url)
 
 
+@pytest.mark.serial  # a 0.5 s lock against the 2 s busy timeout
 def test_sqlite_locked_briefly_just_waits(slack: SlackSandbox, tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'bot.db'}"
     with LocalBot(slack=slack, database_url=url) as bot:
@@ -433,6 +437,7 @@ class TcpProxy:
             self._drop_connections()
 
 
+@pytest.mark.serial  # times the answer
 @pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL"), reason="needs PostgreSQL (TEST_DATABASE_URL)")
 @pytest.mark.parametrize("mode", ["refused", "hanging"])
 def test_postgresql_unreachable(slack: SlackSandbox, database_url: str, mode: str) -> None:

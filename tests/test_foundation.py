@@ -106,6 +106,7 @@ def test_edits_update_and_deletions_mark_the_event(bot: LocalBot) -> None:
 
 
 # Twenty opens by one user in a second is what the rate limits refuse; this test is about the IDs under load.
+@pytest.mark.serial  # twenty writers at once, against the SQLite busy timeout
 @pytest.mark.parametrize("bot_env", [{"RATE_LIMIT_OPEN_PER_USER": "0", "RATE_LIMIT_OPEN_PER_CHANNEL": "0"}])
 def test_twenty_concurrent_opens_get_distinct_consecutive_ids(bot: LocalBot) -> None:
     results: list[int] = []
@@ -224,6 +225,7 @@ def test_mentions_in_titles_and_replies_arrive_escaped_everywhere(bot: LocalBot)
     assert "&lt;!here>" in row
 
 
+@pytest.mark.serial  # times the ack
 def test_ack_is_fast_while_slack_is_slow(bot: LocalBot) -> None:
     bot.slack.set_latency("chat.postMessage", 1.0)
     started = time.monotonic()

@@ -238,6 +238,7 @@ def test_auth_errors_and_unknown_method(sandbox: SlackSandbox) -> None:
     assert err.value.response["error"] == "unknown_method"
 
 
+@pytest.mark.serial  # times 20 keep-alive posts
 def test_users_reactions_ephemeral_and_form_bodies(sandbox: SlackSandbox, client: WebClient) -> None:
     user = client.users_info(user="U0LUBIT")["user"]
     assert user["real_name"] == "Lubit" and user["tz"] == "UTC"

@@ -140,6 +140,7 @@ def test_a_cancelled_incident_leaves_no_timer(ahead_bot: LocalBot) -> None:
     assert timers(ahead_bot) == {}
 
 
+@pytest.mark.serial  # times the timer
 def test_timers_never_wait_for_a_database_writer(database_url: str) -> None:
     """Moved from test_ack_path (the scheduler's polling reads took no write lock): now it reads nothing at all."""
     db = Database(database_url)

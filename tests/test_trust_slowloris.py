@@ -105,6 +105,7 @@ def timed(call: Any) -> tuple[requests.Response, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # paces its rounds against the server's 5 s deadlines and times the answers
 def test_slow_unsigned_clients_never_starve_signed_requests_and_are_cut_off(served: Served) -> None:
     port = served.port
     body_head = (f"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -152,6 +153,7 @@ def test_slow_unsigned_clients_never_starve_signed_requests_and_are_cut_off(serv
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # times the cut-off
 def test_a_slow_body_gets_408_and_a_whole_body_arriving_in_time_is_served(served: Served) -> None:
     """The deadline is on the whole body, not on each read: a steady trickle is cut off at the deadline too, and a
     body that comes in pieces within it reaches the app."""
