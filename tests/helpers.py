@@ -119,6 +119,17 @@ def gcp_env(gcp: GcpSandbox) -> dict[str, str]:
             "CLOUD_MONITORING_API_URL": gcp.monitoring.address}
 
 
+@contextmanager
+def evidence_bot(gcp: GcpSandbox, clock: ManualClock, slack: SlackSandbox, database_url: str,
+                 extra_env: dict[str, str] | None = None) -> Iterator[LocalBot]:
+    """The app pointed at the Google sandbox, its scheduler off (reminders would add their own posts to the
+    thread). A "" in `extra_env` removes that setting."""
+    env = {**gcp_env(gcp), "SCHEDULER_ENABLED": "false", **(extra_env or {})}
+    with LocalBot({k: v for k, v in env.items() if v != ""}, clock=clock, slack=slack,
+                  database_url=database_url) as local:
+        yield local
+
+
 def verify_live(gcp: GcpSandbox, *, error_rate_max: float = 0.005, p95_max_ms: float = 200.0,
                 env: dict[str, str] | None = None) -> LiveVerification:
     """The production verification over the window after the failure, with the app's own client holder built

@@ -39,7 +39,7 @@ from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import Evidence, Incident
-from tests.helpers import gcp_env, open_incident, shared_gcp_sandbox
+from tests.helpers import evidence_bot, gcp_env, open_incident, shared_gcp_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL = "C0INCIDENTS"
@@ -404,13 +404,8 @@ def clock(sc: CanaryScenario) -> ManualClock:
 
 @pytest.fixture
 def ebot(gcp: GcpSandbox, clock: ManualClock, slack: SlackSandbox, database_url: str) -> Iterator[LocalBot]:
-    local = LocalBot({**gcp_env(gcp), "SCHEDULER_ENABLED": "false"}, clock=clock, slack=slack,
-                     database_url=database_url)
-    local.start()
-    try:
+    with evidence_bot(gcp, clock, slack, database_url) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def files_named(bot: LocalBot, suffix: str) -> list[dict[str, Any]]:

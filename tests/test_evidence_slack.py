@@ -23,7 +23,7 @@ from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import Evidence, ImpactValue, Incident, TimelineEvent
-from tests.helpers import gcp_env, open_incident, shared_gcp_sandbox
+from tests.helpers import evidence_bot, open_incident, shared_gcp_sandbox
 
 CHANNEL = "C0INCIDENTS"
 ENTRIES = "/v2/entries:list"
@@ -55,15 +55,8 @@ def extra_env() -> dict[str, str]:
 @pytest.fixture
 def ebot(gcp: GcpSandbox, clock: ManualClock, slack: SlackSandbox, database_url: str,
          extra_env: dict[str, str]) -> Iterator[LocalBot]:
-    # Reminders would add their own posts to the thread; they are not what these tests are about.
-    env = {**gcp_env(gcp), "SCHEDULER_ENABLED": "false", **extra_env}
-    env = {k: v for k, v in env.items() if v != ""}  # "" in extra_env removes a variable
-    local = LocalBot(env, clock=clock, slack=slack, database_url=database_url)
-    local.start()
-    try:
+    with evidence_bot(gcp, clock, slack, database_url, extra_env) as local:
         yield local
-    finally:
-        local.stop()
 
 
 # -- independent expectations from the generated data ---------------------------------------------------

@@ -26,7 +26,7 @@ from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import Incident, Report
-from tests.helpers import gcp_env, open_incident, shared_gcp_sandbox
+from tests.helpers import evidence_bot, open_incident, shared_gcp_sandbox
 from tests.test_catalogue import shape
 
 CHANNEL = "C0INCIDENTS"
@@ -45,13 +45,8 @@ def clock(gcp: GcpSandbox) -> ManualClock:
 
 @pytest.fixture
 def ebot(gcp: GcpSandbox, clock: ManualClock, slack: SlackSandbox, database_url: str) -> Iterator[LocalBot]:
-    local = LocalBot({**gcp_env(gcp), "SCHEDULER_ENABLED": "false"}, clock=clock, slack=slack,
-                     database_url=database_url)
-    local.start()
-    try:
+    with evidence_bot(gcp, clock, slack, database_url) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def stamp(at: datetime) -> str:
