@@ -1,6 +1,6 @@
 """Benchmark: from Cloud Monitoring's POST to the answer, to the alert in Slack, and to the evidence in the thread.
 
-    .venv/bin/python bench/alert.py [--alerts 200] [--rate 10] [--opens 10] [--database-url URL]
+    python bench/alert.py [--alerts 200] [--rate 10] [--opens 10] [--database-url URL]
 
 `incident-bot serve` (gunicorn, serve's worker settings) runs against the Slack sandbox, which answers every Web
 API call after 300 ms, and the Google Cloud sandbox with a failed canary deployed 20 minutes ago; both in their
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import VENV_BIN, ScratchDatabase, Server, Signer, percentile
+from _servers import Child, ScratchDatabase, Server, Signer, percentile, serve_argv
 
 from sandbox.gcp import CanaryScenario, GcpSandbox
 from sandbox.slack import SlackSandbox
@@ -77,22 +76,6 @@ def _gcp_main(conn: Connection, deployed_at: datetime) -> None:
         conn.send((gcp.base_url, gcp.scenario.project, gcp.scenario.region, gcp.scenario.service,
                    gcp.monitoring.address))
         conn.recv()
-
-
-class Child:
-    def __init__(self, target: Any, *args: Any) -> None:
-        self.conn, child = mp.Pipe()
-        self.process = mp.get_context("fork").Process(target=target, args=(child, *args), daemon=True)
-        self.process.start()
-        self.hello = self.conn.recv()
-
-    def ask(self, command: str) -> Any:
-        self.conn.send(command)
-        return self.conn.recv()
-
-    def stop(self) -> None:
-        self.conn.send("stop")
-        self.process.join(timeout=10)
 
 
 def notification(key: str, service: str, *, auto_open: bool) -> bytes:
@@ -152,7 +135,7 @@ def main() -> int:
            "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000"}
     signer = Signer(SECRET)
     try:
-        server = Server([str(VENV_BIN / "incident-bot"), "serve"], env)
+        server = Server(serve_argv(), env)
         hook = f"{server.url}/alerts/cloud-monitoring?auth_token={TOKEN}"
         try:
             # Warm up: imports, auth.test, connections, the first renders, the Google clients (below).

@@ -3,7 +3,8 @@
     gunicorn --chdir bench bare_app:app   (bench/ack.py starts it with serve's worker settings)
 
 Same Bolt version, same signature check, same authorization (one auth.test against SLACK_API_URL, then
-cached), same listener pool size as `incident-bot serve`; no database and no work after the ack.
+cached), same listener pool size and process settings (app.tune_for_acks) as `incident-bot serve`; no database
+and no work after the ack.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 
+from app import tune_for_acks
+
 bolt = App(
     client=WebClient(token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"]),
     signing_secret=os.environ["SLACK_SIGNING_SECRET"],
     listener_executor=ThreadPoolExecutor(max_workers=int(os.environ.get("LISTENER_THREADS", "16"))),
+    # Bolt's default (process_before_response off), as the issue's baseline was measured: a command's ack then
+    # waits in Bolt's 10 ms poll for the listener's ack(); an event is acked before its listener runs.
     token_verification_enabled=False,
 )
 
@@ -35,3 +40,4 @@ def message(event: dict[str, Any]) -> None:
 
 
 app = SlackRequestHandler(bolt)
+tune_for_acks()  # as `incident-bot serve` does once loaded: the GIL switch interval and the frozen start-up heap

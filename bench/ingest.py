@@ -1,16 +1,19 @@
 """Benchmark: thread replies stored per second, each delivered twice, on SQLite and on PostgreSQL.
 
-    .venv/bin/python bench/ingest.py [--replies 2000] [--senders 8] [--database-url postgresql+psycopg://...]
+    python bench/ingest.py [--replies 2000] [--senders 8] [--chunks 4] [--database-url postgresql+psycopg://...]
+                           [--sqlite-only] [--profile PREFIX]
 
 2,000 signed thread-reply events go to `incident-bot serve` from 8 concurrent senders; each is delivered
 twice, the second time as Slack's retry (same event_id, X-Slack-Retry-Num: 1) a little later and from
 another sender. It prints how long until every reply was stored, events/s, and checks that exactly 2,000
 events were stored. The baseline, measured in the same run: the same 4,000 deliveries to a bare Bolt app
-that only acks (bench/bare_app.py) on the same server settings.
+that only acks (bench/bare_app.py) on the same server settings, a quarter at a time (--chunks) alternating with
+serve, so that the machine's other work falls on both.
 
 PostgreSQL: --database-url or TEST_DATABASE_URL names a server to create a scratch database on; without
 either, a throwaway server is started with scripts/pg, and PostgreSQL is skipped (with a message) when its
-binaries are missing.
+binaries are missing. --profile runs serve under py-spy, prints its top frames at the end and keeps the collapsed
+stacks in PREFIX-sqlite.txt / PREFIX-postgresql.txt (the 50 warm-up deliveries are a few % of its samples).
 """
 
 from __future__ import annotations
@@ -18,20 +21,25 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import REPO, VENV_BIN, ChildSandbox, ScratchDatabase, Server, Signer, gunicorn_argv
+from _servers import (
+    ChildSandbox,
+    ScratchDatabase,
+    Server,
+    Signer,
+    gunicorn_argv,
+    postgres,
+    serve_argv,
+)
 
 CHANNEL = "C0INCIDENTS"
 SECRET = "bench-ingest-secret"
@@ -111,14 +119,15 @@ def first_thread(database_url: str, timeout: float = 30.0) -> str:
     raise RuntimeError("the incident's announcement was never posted")
 
 
-def run(database: ScratchDatabase, replies: int, senders: int) -> dict[str, float]:
+def run(database: ScratchDatabase, replies: int, senders: int, chunks: int,
+        profile: str | None = None) -> dict[str, float]:
     sandbox = ChildSandbox()
     env = {"SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
            "LISTENER_THREADS": "16", "LOG_LEVEL": "WARNING"}
     signer = Signer(SECRET)
     try:
         bare = Server(gunicorn_argv(threads=16), env, ready_path="/")
-        serve = Server([str(VENV_BIN / "incident-bot"), "serve"], {**env, "DATABASE_URL": database.url})
+        serve = Server(serve_argv(), {**env, "DATABASE_URL": database.url}, profile=profile)
         try:
             body, headers = signer.command("open 수집 벤치마크 sev:high", channel=CHANNEL)
             assert requests.post(f"{serve.url}/slack/events", data=body, headers=headers, timeout=10).ok
@@ -128,14 +137,19 @@ def run(database: ScratchDatabase, replies: int, senders: int) -> dict[str, floa
             send_all(f"{bare.url}/slack/events", warm, senders)
             send_all(f"{serve.url}/slack/events", warm, senders)
 
-            bare_s = send_all(f"{bare.url}/slack/events", jobs, senders)
+            # The same deliveries in the same order to both, a chunk at a time and alternating, so that what else
+            # the machine does falls on both alike.
+            bare_s = acked_s = 0.0
+            size = -(-len(jobs) // chunks)
+            for start in range(0, len(jobs), size):
+                bare_s += send_all(f"{bare.url}/slack/events", jobs[start:start + size], senders)
+                acked_s += send_all(f"{serve.url}/slack/events", jobs[start:start + size], senders)
             started = time.perf_counter()
-            acked_s = send_all(f"{serve.url}/slack/events", jobs, senders)
             stored, distinct = count_events(database.url)
             while stored < replies and time.perf_counter() - started < 300:
                 time.sleep(0.05)
                 stored, distinct = count_events(database.url)
-            stored_s = time.perf_counter() - started
+            stored_s = acked_s + time.perf_counter() - started  # an ack follows the commit: nothing left to wait for
             time.sleep(1.0)  # anything late would be a duplicate
             stored, distinct = count_events(database.url)
         finally:
@@ -146,32 +160,15 @@ def run(database: ScratchDatabase, replies: int, senders: int) -> dict[str, floa
     return {"bare_s": bare_s, "acked_s": acked_s, "stored_s": stored_s, "stored": stored, "distinct": distinct}
 
 
-@contextmanager
-def postgres(url: str | None) -> Iterator[str | None]:
-    """A PostgreSQL server URL: the one given, or a throwaway one from scripts/pg; None when there is none."""
-    if url:
-        yield url
-        return
-    result = subprocess.run([str(REPO / "scripts" / "pg"), "start"], capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"PostgreSQL skipped: scripts/pg could not start a server ({result.stderr.strip().splitlines()[-1:]})")
-        yield None
-        return
-    exports = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    try:
-        yield exports["TEST_DATABASE_URL"].strip("'\"")
-    finally:
-        subprocess.run([str(REPO / "scripts" / "pg"), "stop", exports["PG_TEST_DIR"].strip("'\"")],
-                       capture_output=True, text=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replies", type=int, default=2000)
     parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument("--chunks", type=int, default=4, help="alternate bare and serve this many times")
     parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"),
                         help="PostgreSQL server for the scratch database (default: TEST_DATABASE_URL, or scripts/pg)")
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--profile", metavar="PREFIX", help="sample serve with py-spy into PREFIX-<database>.txt")
     args = parser.parse_args()
 
     print(f"ingest: {args.replies} thread replies, each delivered twice (the retry with the same event_id and "
@@ -188,7 +185,8 @@ def main() -> int:
         for _, server_url in targets:
             database = ScratchDatabase(server_url)
             try:
-                r = run(database, args.replies, args.senders)
+                profile = f"{args.profile}-{database.kind.lower()}.txt" if args.profile else None
+                r = run(database, args.replies, args.senders, args.chunks, profile)
             finally:
                 database.drop()
             exact = r["stored"] == args.replies and r["distinct"] == args.replies

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,11 +22,15 @@ from sqlalchemy.orm import Session, sessionmaker
 # database that stays locked still answers "database unavailable" in time instead of never answering.
 SQLITE_BUSY_TIMEOUT = 2.0
 READ_ONLY_OPTION = "incident_bot_read_only"
+SINGLE_STATEMENT_OPTION = "incident_bot_single_statement"
 # A commit that crosses SQLite's default 1,000-page threshold checkpoints the WAL itself: that stalled one
 # `/incident open` in a hundred by 15 ms. The runtime checkpoints in the background every second instead;
 # this higher threshold only bounds the WAL when nothing does (a CLI command, a test).
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000
 PG_CONNECT_TIMEOUT = 2
+# A PostgreSQL connection unused for this long is pinged before it is handed out (_ping_when_idle).
+PING_IDLE_AFTER = 1.0
+_IDLE_SINCE = "incident_bot_idle_since"
 # Changes nothing but needs write access: a read-only database (a read-only SQLite file, a PostgreSQL standby or
 # read-only transaction) refuses it. alembic_version exists wherever migrations ran; a file replaced by an empty
 # database fails here too.
@@ -49,8 +54,32 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs
     # A database proxy that accepts and never answers would otherwise hang a request past Slack's ack window
     # (libpq waits forever by default); 2 s is libpq's smallest connect_timeout. A URL may set its own.
     connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": PG_CONNECT_TIMEOUT}
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args,
-                         **kwargs)
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping, for connections that sat unused in the pool for PING_IDLE_AFTER or more: pool_pre_ping's
+    round trip on every checkout was a tenth of a reply's work. A connection in steady use is proven by its
+    last statement; one that fails anyway (the server restarted under load) fails that request, which answers
+    "database unavailable" or 503 (Slack delivers the event again), and the disconnect invalidates the pool, so
+    the next checkouts get fresh connections. This is SQLAlchemy's documented pessimistic disconnect handling,
+    with events."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)  # none for a connection just opened
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise DisconnectionError("the connection failed its ping after sitting idle") from error
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float, file: SqliteFile | None) -> None:
@@ -81,6 +110,8 @@ def _configure_sqlite(engine: Engine, busy_timeout: float, file: SqliteFile | No
             # Connections opened before (or reusing a descriptor SQLite kept from them) would go on writing into
             # the WAL of a read-only database file, which could never be checkpointed. One access() per write.
             raise _file_outage("database file is read-only")
+        if connection.get_execution_options().get(SINGLE_STATEMENT_OPTION, False):
+            return  # Database.statement(): its statement takes the gate itself, below
         if not gate.acquire(timeout=busy_timeout):
             raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
         _gates_held[connection] = gate
@@ -90,8 +121,24 @@ def _configure_sqlite(engine: Engine, busy_timeout: float, file: SqliteFile | No
             _open_gate(connection)
             raise
 
+    # Database.statement(): the connection is in autocommit, so its one statement is its own transaction, done when
+    # the cursor's execute returns. The gate is held for that step of SQLite alone, with SQLAlchemy's own work
+    # before and after it outside: under a burst of replies, every GIL hand-over inside the gate held up all the
+    # other writers.
+    @event.listens_for(engine, "before_cursor_execute")
+    def _gate_statement(connection: Any, *_args: Any) -> None:
+        if connection.get_execution_options().get(SINGLE_STATEMENT_OPTION, False):
+            if not gate.acquire(timeout=busy_timeout):
+                raise OperationalError("INSERT", None, sqlite3.OperationalError("database is locked"))
+            _gates_held[connection] = gate
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _statement_done(connection: Any, *_args: Any) -> None:
+        if connection.get_execution_options().get(SINGLE_STATEMENT_OPTION, False):
+            _open_gate(connection)
+
     event.listen(engine, "commit", _open_gate)
-    event.listen(engine, "rollback", _open_gate)
+    event.listen(engine, "rollback", _open_gate)  # also after a statement that failed
 
 
 _gates: dict[str, threading.Lock] = {}
@@ -213,6 +260,12 @@ class Database:
         self._read_sessions = sessionmaker(
             self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
         )
+        # A lone statement is its own transaction. On PostgreSQL BEGIN and COMMIT would be two more round trips; on
+        # SQLite (whose connections are always in autocommit, see _on_connect) they would lengthen the time the
+        # writer gate is held. The checks at commit still run: a file deleted meanwhile still answers an error.
+        self._statement_engine = self.engine.execution_options(
+            **({SINGLE_STATEMENT_OPTION: True} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"})
+        )
 
     @property
     def dialect(self) -> str:
@@ -223,6 +276,14 @@ class Database:
         """One unit of work: committed when the block ends, rolled back whole when it raises."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A unit of work of ONE Core statement, atomic by itself, for a hot path's single write: a Connection, not
+        a Session, whose bookkeeping was a third of that write's CPU. Two statements that must agree take
+        session()."""
+        with self._statement_engine.begin() as connection:
+            yield connection
 
     @contextmanager
     def read(self) -> Iterator[Session]:

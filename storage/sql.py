@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import ColumnElement, inspect, or_, update
+from sqlalchemy import ColumnElement, Table, inspect, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -24,22 +24,29 @@ Condition: TypeAlias = ColumnElement[bool] | Callable[[Excluded], ColumnElement[
 _UNSEEN: Any = object()
 
 
-def insert(session: Session, model: type[Base]) -> Insert:
-    """The dialect's INSERT, the one that knows ON CONFLICT (both dialects spell it the same way)."""
-    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def insert(session: Session | str, model: type[Base] | Table) -> Insert:
+    """The dialect's INSERT (of the session's database, or named), the one that knows ON CONFLICT (both dialects
+    spell it the same way). Given a model's Table rather than the model, it is a Core statement, which skips the
+    ORM's bulk-insert bookkeeping."""
+    dialect = session if isinstance(session, str) else session.get_bind().dialect.name
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return dialect_insert(model)
 
 
 def upsert(
-    session: Session, model: type[Base], values: Mapping[str, Any], *, index_elements: Sequence[str],
+    session: Session | str, model: type[Base] | Table, values: Mapping[str, Any] | None, *,
+    index_elements: Sequence[str],
     set_: SetValues | None = None, where: Condition | None = None,
 ) -> Insert:
     """INSERT … ON CONFLICT (index_elements): DO NOTHING when `set_` is None, else DO UPDATE SET `set_` [WHERE].
 
     `set_` and `where` may be callables given the conflicting row's incoming values (`excluded`). Add
     `.returning(...)` to learn whether a row was written: psycopg's rowcount is not exact for a conditional upsert.
+    With `values` None the row comes as the execution's parameters, so a hot path can build the statement once.
     """
-    statement = insert(session, model).values(**values)
+    statement = insert(session, model)
+    if values is not None:
+        statement = statement.values(**values)
     if set_ is None:
         if where is not None:
             raise ValueError("`where` only applies to DO UPDATE; give `set_` too")
