@@ -17,7 +17,21 @@ from slack_bolt import App
 from sqlalchemy.exc import SQLAlchemyError
 
 import handlers
-from bot import access, alerts, incidents, lifecycle, postmortem, reminders, report, reports, rollback
+from bot import (
+    access,
+    alerts,
+    channel_archive,
+    channels,
+    github_sync,
+    homes,
+    incidents,
+    lifecycle,
+    postmortem,
+    reminders,
+    report,
+    reports,
+    rollback,
+)
 from bot.clock import Clock, SystemClock
 from bot.context import Context, set_current
 from bot.evidence import service as evidence
@@ -26,8 +40,9 @@ from bot.logsetup import configure_logging
 from bot.ports import Messenger
 from bot.render import Renderer
 from bot.settings import Settings, SettingsError, load_settings
-from handlers import alerts_webhook, guards
+from handlers import alerts_webhook, github_webhook, guards
 from handlers.blocks import SlackPresenter
+from handlers.github_client import GithubIssueTracker
 from handlers.messenger import SlackMessenger, make_web_client
 from storage import migrate
 from storage.db import Database
@@ -101,13 +116,16 @@ def build_context(settings: Settings, *, clock: Clock | None = None, messenger: 
     )
     for install in _feature_installers():
         install(ctx)
+    if settings.github_repo and settings.github_token:
+        github_sync.install(ctx, GithubIssueTracker(settings.github_repo, settings.github_token,
+                                                    settings.github_api_url, ctx.clock.now))
     return ctx
 
 
 def _feature_installers() -> list[Callable[[Context], None]]:
     """Domains that hook into open/announce/start/sweep register themselves here."""
     return [reminders.install, lifecycle.install, postmortem.install, evidence.install, access.install,
-            alerts.install, rollback.install]
+            alerts.install, rollback.install, channels.install, channel_archive.install, homes.install]
 
 
 def build_bolt_app(ctx: Context) -> App:
@@ -135,6 +153,7 @@ def _json_response(start_response: Callable[..., Any], status: str, payload: dic
 def make_wsgi(ctx: Context, bolt: App) -> Callable[..., Iterable[bytes]]:
     slack_handler = guards.GuardedRequestHandler(bolt, ctx.settings.slack_signing_secret, MAX_BODY_BYTES)
     alert_webhook = alerts_webhook.make_webhook(ctx)
+    github_hook = github_webhook.make_webhook(ctx)
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -158,6 +177,8 @@ def make_wsgi(ctx: Context, bolt: App) -> Callable[..., Iterable[bytes]]:
             return slack_handler(environ, start_response)
         if path == alerts_webhook.ROUTE:
             return alert_webhook(environ, start_response)
+        if path == github_webhook.ROUTE:
+            return github_hook(environ, start_response)
         return _json_response(start_response, "404 Not Found", {"error": "not found"})
 
     return wsgi

@@ -533,7 +533,7 @@ def _plan(ctx: Context, session: Session, alert: Alert) -> _Post | None:
         if incident.announcement_ts is None:
             return None  # the thread is still being posted; the sweep comes back
         alert.incident_id = incident.id  # a closed one's note belongs to its open one's incident
-        return _Post(incident.channel_id, incident.announcement_ts, _layout(ctx, session, alert), alert.revision,
+        return _Post(incident.channel_id, incident.home_thread_ts, _layout(ctx, session, alert), alert.revision,
                      None, incident.id)
     if not ctx.settings.alert_channel:
         log.warning("alert %s not posted: ALERT_CHANNEL is not set", alert.id)

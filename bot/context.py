@@ -47,8 +47,10 @@ class Hooks:
     """Every hook there is, one typed attribute each: a misspelt name fails where it is registered (and a type
     checker checks each reaction's signature). No attribute can be added: a new hook is declared here."""
 
-    __slots__ = ("on_action_item_added", "on_action_item_done", "on_action_item_reopened", "on_announced",
-                 "on_closed", "on_meeting_moved", "on_open", "on_reopened", "on_start", "on_stop", "on_sweep")
+    __slots__ = ("on_action_item_added", "on_action_item_done", "on_action_item_posted", "on_action_item_reopened",
+                 "on_announced",
+                 "on_closed", "on_meeting_moved", "on_open", "on_reopened", "on_report_posted", "on_role_assigned",
+                 "on_start", "on_stop", "on_sweep")
 
     def __init__(self, ctx: Context) -> None:
         self.on_open: Hook[[Session, Incident]] = Hook(ctx, "on_open", "inside the opening transaction")
@@ -62,8 +64,14 @@ class Hooks:
             ctx, "on_action_item_added", "inside the transaction that stored a new action item")
         self.on_action_item_done: Hook[[Session, ActionItem]] = Hook(
             ctx, "on_action_item_done", "inside the transaction that marked an action item done")
+        self.on_action_item_posted: Hook[[int]] = Hook(
+            ctx, "on_action_item_posted", "(action item id) once the item's message is in Slack, after its commit")
         self.on_action_item_reopened: Hook[[Session, ActionItem]] = Hook(
             ctx, "on_action_item_reopened", "inside the transaction that took a done action item back")
+        self.on_role_assigned: Hook[[Session, Incident, str]] = Hook(
+            ctx, "on_role_assigned", "(user_id) inside the transaction that gave a role to someone new")
+        self.on_report_posted: Hook[[Session, Incident]] = Hook(
+            ctx, "on_report_posted", "inside the transaction that recorded a posted post-mortem report")
         self.on_start: Hook[[]] = Hook(ctx, "on_start", "when the process starts its background services")
         self.on_sweep: Hook[[]] = Hook(ctx, "on_sweep", "every sweep interval: retry what Slack refused earlier")
         self.on_stop: Hook[[]] = Hook(ctx, "on_stop", "at shutdown")

@@ -12,18 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, or_, select, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import durations, timeline
+from bot import channels, durations, timeline
 from bot.access import Asker
 from bot.context import Context
 from bot.jobs import after_commit
 from bot.parsing import OpenRequest, UsageError
 from bot.ports import MessengerError
+from bot.render import RenderedMessage
 from storage.models import Incident, IncidentSequence, RoleAssignment
 from storage.sql import claim_lease, renew_lease, upsert
 
@@ -34,11 +35,24 @@ ANNOUNCEMENT_EVENT = "incident_announcement"  # the message metadata that marks 
 MILESTONES = ("deployed", "started", "detected", "rollback", "recovered", "resolved")
 
 
-def next_sequence(session: Session, day: str) -> int:
-    """One atomic upsert: concurrent opens on the same day each get their own number, on SQLite and PostgreSQL."""
-    statement = upsert(session, IncidentSequence, {"day": day, "last": 1}, index_elements=["day"],
-                       set_={"last": IncidentSequence.last + 1})
-    return int(session.execute(statement.returning(IncidentSequence.last)).scalar_one())
+def next_sequence(ctx: Context, session: Session, day: str) -> int:
+    """The day's next number, with one atomic upsert: concurrent opens on the same day each get their own.
+
+    On PostgreSQL it is taken in a statement of its own, committed at once: inside the open's transaction the
+    day's row stayed locked until that commit, and concurrent opens queued behind it (README "Performance"). A
+    number whose open then fails is skipped, as a database sequence's would be. SQLite's writers take turns
+    anyway, so there it is taken in the open's transaction.
+    """
+    table = cast(Table, IncidentSequence.__table__)
+    if ctx.db.dialect == "postgresql":
+        with ctx.db.statement() as connection:
+            return int(connection.execute(_next_in(ctx.db.dialect, table, day)).scalar_one())
+    return int(session.execute(_next_in(ctx.db.dialect, table, day)).scalar_one())
+
+
+def _next_in(dialect: str, table: Table, day: str) -> Any:
+    return upsert(dialect, table, {"day": day, "last": 1}, index_elements=["day"],
+                  set_={"last": table.c.last + 1}).returning(table.c.last)
 
 
 def open_incident(
@@ -48,7 +62,7 @@ def open_incident(
     now = ctx.clock.now()
     day = now.astimezone(ctx.settings.timezone).strftime("%Y%m%d")
     service = request.service or ctx.settings.cloud_run_service
-    seq = next_sequence(session, day)
+    seq = next_sequence(ctx, session, day)
     incident = Incident(
         public_id=f"INCIDENT-{day}-{seq:03d}",
         day=day,
@@ -58,6 +72,9 @@ def open_incident(
         status="investigating",
         service=service,
         channel_id=channel_id,
+        # Channel mode: `channel_id` becomes the incident's own channel once it is made (bot/channels.py).
+        mode=ctx.settings.channel_mode,
+        origin_channel_id=channel_id if ctx.settings.channel_mode == channels.CHANNEL else None,
         opened_by=user_id,
         opened_at=now,
         meeting_at=now + ctx.settings.postmortem_meeting_after,
@@ -162,6 +179,23 @@ def _holding(ctx: Context, incident_id: int, claim: Claim) -> Iterator[None]:
         renewer.join()
 
 
+@dataclass(frozen=True)
+class _AnnouncementPost:
+    mode: str
+    channel: str
+    message: RenderedMessage
+    metadata: dict[str, Any]
+    since: float
+
+
+def _announcement_post(ctx: Context, incident_id: int) -> _AnnouncementPost:
+    # Rendering only reads: on SQLite a write session here would hold the write lock that opens wait for.
+    with ctx.db.read() as session:
+        incident = session.get_one(Incident, incident_id)
+        return _AnnouncementPost(incident.mode, incident.channel_id, render_announcement(ctx, session, incident),
+                                 announcement_metadata(incident.public_id), incident.opened_at.timestamp())
+
+
 def post_announcement(ctx: Context, incident_id: int) -> str | None:
     """Posts the announcement once. Returns its ts when this call put it on record, and only then fires
     `on_announced` (the one place it fires, so one announcement is announced once whoever posts it); None when
@@ -175,17 +209,20 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
         claim = claim_announcement(ctx, session, incident_id)
     if claim is None:
         return None
-    # Rendering only reads: on SQLite a write session here would hold the write lock that opens wait for.
-    with ctx.db.read() as session:
-        incident = session.get_one(Incident, incident_id)
-        message = render_announcement(ctx, session, incident)
-        channel, metadata = incident.channel_id, announcement_metadata(incident.public_id)
-        since = incident.opened_at.timestamp()
+    link_ts: str | None = None
+    not_invited: list[tuple[str, str]] = []
     try:
         with _holding(ctx, incident_id, claim):
-            ts = ctx.messenger.find_posted(channel, metadata, since=since) if claim.retried else None
+            post = _announcement_post(ctx, incident_id)
+            if post.mode == channels.CHANNEL:
+                # The incident's own channel first (made once, under this lease); the announcement goes there.
+                not_invited = channels.prepare(ctx, incident_id)
+                post = _announcement_post(ctx, incident_id)
+            channel, message, metadata = post.channel, post.message, post.metadata
+            ts = ctx.messenger.find_posted(channel, metadata, since=post.since) if claim.retried else None
             if ts is None:
                 ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, metadata=metadata)
+            link_ts = channels.post_link(ctx, incident_id, look_first=claim.retried)
     except MessengerError as error:
         # A post that may still land is given the time Slack needs to finish it before anyone looks.
         wait = ctx.messenger.call_budget if error.outcome_unknown else ANNOUNCE_RETRY_AFTER
@@ -200,8 +237,9 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
         session.execute(
             update(Incident)
             .where(Incident.id == incident_id)
-            .values(announcement_ts=ts, announcement_error=None, announce_claimed_until=None)
+            .values(announcement_ts=ts, announcement_error=None, announce_claimed_until=None, link_ts=link_ts)
         )
+    channels.report_failed_invites(ctx, incident_id, not_invited)
     try:
         ctx.hooks.on_announced.fire(incident_id)
     except Exception:
@@ -239,7 +277,10 @@ def refresh_announcement(ctx: Context, incident_id: int) -> None:
             return
         message = render_announcement(ctx, session, incident)
         channel, ts = incident.channel_id, incident.announcement_ts
+        own_channel = channels.is_channel_mode(incident)
     ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
+    if own_channel:
+        channels.refresh_surfaces(ctx, incident_id)
 
 
 def find_by_public_id(session: Session, public_id: str) -> Incident | None:
@@ -250,6 +291,23 @@ def find_by_thread(session: Session, channel: str, thread_ts: str) -> Incident |
     return session.scalars(
         select(Incident).where(Incident.channel_id == channel, Incident.announcement_ts == thread_ts)
     ).first()
+
+
+def find_home(session: Session, channel: str, thread_ts: str | None) -> Incident | None:
+    """The incident a message in `channel` (in `thread_ts`'s thread, or top-level when None) belongs to: in thread
+    mode, a reply in its announcement's thread; in channel mode, any message of its own channel. One read, whose
+    two branches are each one index probe (ix_incident_home_thread, ix_incident_home_channel): as an OR, SQLite's
+    planner scanned all of the channel's incidents. A thread's own incident wins over a channel-mode incident of
+    the same channel. The reply path asks through bot/homes.py, which caches the answer."""
+    own_channel = select(Incident.id).where(Incident.channel_id == channel, Incident.mode == channels.CHANNEL,
+                                            Incident.channel_name.is_not(None))
+    homes = own_channel if thread_ts is None else union_all(
+        select(Incident.id).where(Incident.channel_id == channel, Incident.announcement_ts == thread_ts), own_channel)
+    found = session.scalars(select(Incident).where(Incident.id.in_(homes)).limit(2)).all()
+    for incident in found:
+        if thread_ts is not None and incident.announcement_ts == thread_ts:
+            return incident
+    return found[0] if found else None
 
 
 def resolve_target(session: Session, asker: Asker, public_id: str | None) -> Incident:

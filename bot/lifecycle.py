@@ -298,6 +298,7 @@ def assign_role(
         session, incident, actor=actor, actor_name=actor_name, at=now, action="role",
         data={"role": role, "old": old, "old_name": old_name, "new": user_id, "new_name": user_name},
     )
+    ctx.hooks.on_role_assigned.fire(session, incident, user_id)
     _after_commit_change(ctx, session, incident_id, report=report)
     return Change(incident.public_id, "changed", old, user_id)
 
@@ -532,7 +533,7 @@ def post_notice(ctx: Context, incident_id: int, notice: str, actor: str | None, 
             f"lifecycle.{notice}_notice", incident=incident, actor_name=actor_name or "",
             durations=durations.compute(incident), fmt=ctx.formatter(),
         )
-        channel, thread_ts, public_id = incident.channel_id, incident.announcement_ts, incident.public_id
+        channel, thread_ts, public_id = incident.channel_id, incident.home_thread_ts, incident.public_id
     try:
         ctx.messenger.post_message(channel, text, thread_ts=thread_ts)
     except MessengerError as error:

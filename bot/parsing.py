@@ -14,6 +14,8 @@ from bot.timefmt import parse_clock_time
 SEVERITIES = ("critical", "high", "medium", "low")
 INCIDENT_ID_RE = re.compile(r"\bINCIDENT-(\d{8})-(\d{3,6})\b", re.IGNORECASE)
 MAX_TITLE = 200
+# Cloud Run's rule for a service name: lowercase letters, digits and hyphens, a letter first, at most 63.
+SERVICE_NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class UsageError(ValueError):
@@ -86,7 +88,7 @@ def parse_open(rest: str) -> OpenRequest:
             severity = value
         elif lowered.startswith("service:"):
             value = word.split(":", 1)[1].strip()
-            if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            if not SERVICE_NAME_RE.fullmatch(value):
                 raise UsageError("bad_service", "open", value=value)
             service = value
         else:

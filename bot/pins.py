@@ -1,8 +1,9 @@
 """Reactions on messages: 📌 puts a message on an incident's timeline, milestone emoji set milestones.
 
-Which incident a message belongs to: the incident whose thread it is in (or whose announcement it is); a
-message already on a timeline belongs to that incident; anything else in the channel belongs to the
-channel's single open incident. With several open incidents, or none, the reaction is ignored silently.
+Which incident a message belongs to: the incident whose thread it is in (or whose announcement it is), or whose
+own channel it is in (channel mode); a message already on a timeline belongs to that incident; anything else in
+the channel belongs to the channel's single open incident. With several open incidents, or none, the reaction is
+ignored silently.
 
 A reaction is stored (`receive`, a `MessageReaction` row per person, message and emoji) before Slack gets its
 ack; what it needs from Slack (the message's text, names, the ☑ acknowledgement) happens afterwards (`apply`).
@@ -177,10 +178,10 @@ def locate(ctx: Context, channel: str, ts: str, *, need_message: bool) -> Locate
         return Located(known.incident_id, known.thread_ts, known.in_incident_thread, message, known.event_id)
     thread_ts = message.thread_ts if message.thread_ts and message.thread_ts != ts else None
     with ctx.db.read() as session:
-        if thread_ts is not None:
-            incident = incidents.find_by_thread(session, channel, thread_ts)
-            if incident is not None:
-                return Located(incident.id, thread_ts, True, message)
+        # A reply in an incident's thread, or any message of an incident's own channel (channel mode).
+        incident = incidents.find_home(session, channel, thread_ts)
+        if incident is not None:
+            return Located(incident.id, thread_ts, thread_ts is not None, message)
         incident_id = _single_open(session, channel)
     if incident_id is None:
         return None
@@ -260,6 +261,57 @@ def _set_pins(session: Session, event: TimelineEvent, wanted: set[str], reacted:
             event.deleted_at = None  # pinned again after the last 📌 was taken off
     elif event.deleted_at is None:  # a deleted reply stays deleted, pinned or not
         event.highlighted = pinned
+
+
+# ---- a message added from its menu (bot/add_to_timeline.py) ----------------------------------------------------
+
+# The pin of a message added from its menu is its adder's under this prefix: no 📌 removed ever takes it off.
+ADDED_PIN = "added:"
+
+
+def home_of(session: Session, message: ChatMessage) -> int | None:
+    """The incident `message` belongs to as `locate` finds it, short of "the channel's single open incident", and
+    without asking Slack (the message is at hand): its announcement, its home, or the timeline holding it."""
+    known = _known(session, message.channel, message.ts)
+    if known is not None:
+        return known.incident_id
+    home = incidents.find_home(session, message.channel, _thread_of(message))
+    return home.id if home is not None else None
+
+
+def _thread_of(message: ChatMessage) -> str | None:
+    return message.thread_ts if message.thread_ts and message.thread_ts != message.ts else None
+
+
+def _located_in(session: Session, incident_id: int, message: ChatMessage) -> Located:
+    """Where `message` stands for this incident, as `locate` would say: in its thread (a reply) or not (a pin)."""
+    known = _known(session, message.channel, message.ts)
+    if known is not None and known.incident_id == incident_id:
+        return Located(incident_id, known.thread_ts, known.in_incident_thread, message, known.event_id)
+    thread_ts = _thread_of(message)
+    home = incidents.find_home(session, message.channel, thread_ts)
+    in_home = home is not None and home.id == incident_id
+    return Located(incident_id, thread_ts, in_home and thread_ts is not None, message)
+
+
+def add_message(session: Session, incident_id: int, message: ChatMessage, *, by: str,
+                now: datetime) -> tuple[int, bool]:
+    """Puts `message` on the incident's timeline exactly as a 📌 by `by` would (the same row and kind, at the
+    message's own time, highlighted), and keeps it there. Returns (its event id, whether it is new there)."""
+    located = _located_in(session, incident_id, message)
+    event = timeline.find_message_event(session, incident_id, message.channel, message.ts)
+    new = event is None or (event.kind == "pin" and event.deleted_at is not None)
+    if event is None:
+        _record_pinned_message(session, message.channel, message.ts, located)
+        event = timeline.find_message_event(session, incident_id, message.channel, message.ts)
+        assert event is not None  # recorded now, or by a 📌 that got there first
+    if event.kind == "pin":
+        event.deleted_at = None  # pinned again after the last 📌 was taken off
+    if event.deleted_at is None:  # a deleted reply stays deleted
+        event.highlighted = True
+    session.execute(upsert(session, EventPin, {"event_id": event.id, "user_id": f"{ADDED_PIN}{by}"[:32],
+                                               "created_at": now}, index_elements=["event_id", "user_id"]))
+    return event.id, new
 
 
 # ---- milestone emoji --------------------------------------------------------------------------------------------

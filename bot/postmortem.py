@@ -15,7 +15,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from bot import checklist, timeline
+from bot import checklist, issue_links, timeline
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.pm_parsing import (
@@ -189,11 +189,12 @@ def list_actions(session: Session, incident_id: int) -> list[ActionItem]:
 
 def action_item_view(
     ctx: Context, item: ActionItem, incident: Incident, *, locale: str | None = None, changed_by: str | None = None,
+    issue: issue_links.IssueLink | None = None,
 ) -> ActionItemView:
     locale = locale or ctx.locale
     body = ctx.renderer.message(
         "postmortem/action_item", locale, item=item, incident=incident, fmt=ctx.formatter(locale),
-        now=ctx.clock.now(), changed_by=changed_by,
+        now=ctx.clock.now(), changed_by=changed_by, issue=issue,
     )
     transitions = tuple(
         Transition(name, ctx.say(f"postmortem.button_{name}", locale))
@@ -214,8 +215,9 @@ def post_action_item(ctx: Context, item_id: int, *, look_first: bool = False) ->
             return item.message_ts
         if incident.announcement_ts is None:
             return None
-        message = ctx.presenter.action_item(action_item_view(ctx, item, incident))
-        channel, thread_ts = incident.channel_id, incident.announcement_ts
+        message = ctx.presenter.action_item(action_item_view(ctx, item, incident,
+                                                             issue=issue_links.for_item(session, item_id)))
+        channel, thread_ts = incident.channel_id, incident.home_thread_ts
         metadata = {"event_type": ACTION_ITEM_EVENT, "event_payload": {"action_item_id": item.id}}
         since = item.created_at.timestamp()
     ts = ctx.messenger.find_posted(channel, metadata, since=since, thread_ts=thread_ts) if look_first else None
@@ -226,6 +228,7 @@ def post_action_item(ctx: Context, item_id: int, *, look_first: bool = False) ->
         session.execute(
             update(ActionItem).where(ActionItem.id == item_id, ActionItem.message_ts.is_(None)).values(message_ts=ts)
         )
+    ctx.hooks.on_action_item_posted.fire(item_id)
     return ts
 
 
@@ -233,7 +236,8 @@ def refresh_action_item(ctx: Context, item_id: int, channel: str, ts: str, chang
     with ctx.db.session() as session:
         item = session.get_one(ActionItem, item_id)
         incident = session.get_one(Incident, item.incident_id)
-        message = ctx.presenter.action_item(action_item_view(ctx, item, incident, changed_by=changed_by))
+        message = ctx.presenter.action_item(action_item_view(ctx, item, incident, changed_by=changed_by,
+                                                             issue=issue_links.for_item(session, item_id)))
     ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
 
 
@@ -405,7 +409,7 @@ def post_checklist(ctx: Context, incident_id: int) -> str:
         if incident.announcement_ts is None:
             raise MessengerError("announcement_not_posted", "the incident thread does not exist yet")
         message = ctx.presenter.checklist(checklist_view(ctx, incident, checked_keys(session, incident_id)))
-        channel, thread_ts = incident.channel_id, incident.announcement_ts
+        channel, thread_ts = incident.channel_id, incident.home_thread_ts
     ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts)
     with ctx.db.session() as session:
         session.execute(update(Incident).where(Incident.id == incident_id).values(checklist_ts=ts))

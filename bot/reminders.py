@@ -1,13 +1,14 @@
 """Reminders that survive restarts: the RCA kickoff, the post-mortem meeting, and action-item follow-ups.
 
 Every reminder is a row in `reminders`; the row, not the scheduler, is the truth. Delivery claims the row with
-one conditional UPDATE (not sent, not cancelled, due, claim free), posts in the incident thread, then marks it
-sent. So a reminder due while the process was down is posted once when it is back (marked late after
-LATE_AFTER), two processes on one database post it once, and a Slack failure releases the claim for a later
-retry with backoff. An in-memory APScheduler (bot/scheduler.py) wakes delivery at each due time, its jobs
-rebuilt from the table at start and kept in step as rows change, and a sweep every SWEEP_SECONDS (and once at
-start) delivers whatever is due and unclaimed; the runtime's own retry sweep does too. SCHEDULER_ENABLED=false
-keeps a process out of all of it; correctness never depends on that setting.
+one conditional UPDATE (not sent, not cancelled, due, claim free), posts in the incident thread (top-level in
+an incident's own channel, channel mode), then marks it sent. So a reminder due while the process was down is
+posted once when it is back (marked late after LATE_AFTER), two processes on one database post it once, and a
+Slack failure releases the claim for a later retry with backoff. An in-memory APScheduler (bot/scheduler.py)
+wakes delivery at each due time, its jobs rebuilt from the table at start and kept in step as rows change, and a
+sweep every SWEEP_SECONDS (and once at start) delivers whatever is due and unclaimed; the runtime's own retry
+sweep does too. SCHEDULER_ENABLED=false keeps a process out of all of it; correctness never depends on that
+setting.
 
 Policy, decided here:
 - At open: RCA kickoff at open + RCA_REMINDER_AFTER; pre-meeting 10 minutes before the meeting (skipped when
@@ -58,6 +59,8 @@ ACTION_DUE = "action_due"
 ACTION_OVERDUE = "action_overdue"
 INCIDENT_KINDS = (RCA, MEETING_PRE, MEETING_START, REPORT_NUDGE)
 ACTION_KINDS = (ACTION_DUE, ACTION_OVERDUE)
+# Not a post: archives a channel-mode incident's own channel (bot/channel_archive.py), claimed and retried like one.
+CHANNEL_ARCHIVE = "channel_archive"
 
 PRE_MEETING = timedelta(minutes=10)
 MEETING_LENGTH = timedelta(minutes=90)
@@ -75,6 +78,8 @@ THREAD_WAIT = timedelta(seconds=10)
 RETRY_BASE = timedelta(seconds=30)
 RETRY_MAX = timedelta(minutes=30)
 MAX_ATTEMPTS = 20  # about seven hours of Slack refusing before a reminder is given up (and the reason kept)
+# The incident's channel is archived (channel mode archives it): no retry can post there.
+CHANNEL_GONE = ("is_archived",)
 SWEEP_SECONDS = 15.0
 
 # Why a row was cancelled, kept in last_error; reopening restores only those cancelled with the incident.
@@ -375,6 +380,23 @@ def schedule_action_item(ctx: Context, session: Session, action_item: ActionItem
     _set(ctx, session, action_item.incident_id, ACTION_OVERDUE, overdue, action_item_id=action_item.id)
 
 
+def schedule_once(ctx: Context, session: Session, incident_id: int, kind: str, due_at: datetime) -> None:
+    """Sets (or moves) a one-off reminder of the incident; once carried out it is never set again."""
+    found = _find(session, incident_id, kind)
+    if found is None or found.sent_at is None:
+        _set(ctx, session, incident_id, kind, due_at)
+
+
+def cancel_kind(ctx: Context, session: Session, incident_id: int, kind: str, reason: str) -> None:
+    found = _find(session, incident_id, kind)
+    if found is not None and _cancel(found, ctx.clock.now(), reason):
+        _queue_job(ctx, session, found)
+
+
+def has_report(session: Session, incident_id: int) -> bool:
+    return _has_report(session, incident_id)
+
+
 def on_action_item_scheduled(ctx: Context, session: Session, action_item: ActionItem) -> None:
     """A new item, or a done one taken back: reminders only when it has a due date."""
     if action_item.due_at is not None:
@@ -413,6 +435,8 @@ def _nothing_new(
         return "skipped: the meeting has already started"
     if reminder.kind == REPORT_NUDGE and has_report:
         return "skipped: a report is already posted"
+    if reminder.kind == CHANNEL_ARCHIVE and (incident.status != "resolved" or incident.mode != "channel"):
+        return "skipped: the incident is no longer resolved"
     if reminder.kind in ACTION_KINDS:
         item = session.get(ActionItem, reminder.action_item_id) if reminder.action_item_id else None
         if item is None or item.status == "done":
@@ -457,10 +481,10 @@ def retry_delay(attempts: int) -> timedelta:
 @dataclass(frozen=True)
 class _Post:
     channel: str
-    thread_ts: str
+    thread_ts: str | None  # None: top-level, in an incident's own channel
     due_at: datetime
     late: bool
-    message: RenderedMessage
+    message: RenderedMessage | None  # None: the channel is archived instead (CHANNEL_ARCHIVE)
     public_id: str
     kind: str
 
@@ -479,8 +503,12 @@ def deliver(ctx: Context, reminder_id: int) -> Outcome:
     if isinstance(post, Outcome):
         return post
     try:
-        ts = ctx.messenger.post_message(post.channel, post.message.text, blocks=post.message.blocks,
-                                        thread_ts=post.thread_ts)
+        if post.message is None:
+            ctx.messenger.archive_channel(post.channel)
+            ts = None
+        else:
+            ts = ctx.messenger.post_message(post.channel, post.message.text, blocks=post.message.blocks,
+                                            thread_ts=post.thread_ts)
     except MessengerError as error:
         return _failed(ctx, reminder_id, error.kind, str(error), post.public_id, post.kind)
     with ctx.db.session() as session:
@@ -510,10 +538,10 @@ def _prepare(ctx: Context, reminder_id: int, now: datetime) -> _Post | Outcome:
             return Outcome("skipped", reminder_id, reason)
         if incident.announcement_ts is not None:
             late = now - reminder.due_at > LATE_AFTER
+            message = None if kind == CHANNEL_ARCHIVE else render(ctx, session, reminder, incident, now=now, late=late)
             return _Post(
-                channel=incident.channel_id, thread_ts=incident.announcement_ts, due_at=reminder.due_at, late=late,
-                message=render(ctx, session, reminder, incident, now=now, late=late), public_id=incident.public_id,
-                kind=kind,
+                channel=incident.channel_id, thread_ts=incident.home_thread_ts, due_at=reminder.due_at, late=late,
+                message=message, public_id=incident.public_id, kind=kind,
             )
     # The announcement (the thread's parent) is still being posted or retried: look again shortly.
     _release(ctx, reminder_id, now + THREAD_WAIT, last_error="waiting for the incident thread")
@@ -525,7 +553,7 @@ def _failed(ctx: Context, reminder_id: int, error_kind: str, detail: str, public
     fields = {"json_fields": {"incident_id": public_id, "reminder": kind}}
     with ctx.db.session() as session:
         attempts = int(session.get_one(Reminder, reminder_id).attempts) + 1
-        if attempts >= MAX_ATTEMPTS:
+        if attempts >= MAX_ATTEMPTS or error_kind in CHANNEL_GONE:
             session.execute(
                 update(Reminder).where(Reminder.id == reminder_id).values(
                     attempts=attempts, cancelled_at=now, claimed_until=None, last_error=f"gave up: {detail}"

@@ -18,7 +18,7 @@ from markupsafe import Markup
 from sqlalchemy import Integer, String, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from bot import checklist, durations, postmortem, timeline
+from bot import checklist, durations, issue_links, postmortem, timeline
 from bot.context import Context
 from bot.pm_parsing import headline_parts, why_parts
 from bot.render import markdown_escape
@@ -241,6 +241,7 @@ def build_context(ctx: Context, session: Session, incident: Incident, locale: st
         "whys": [WhyRow(position, *why_parts(text)) for position, text in whys],
         "actions": actions,
         "impact_column": any(a.impact for a in actions),
+        "issues": issue_links.for_incident(session, incident.id),  # action item id → its GitHub issue
         "lessons": [LessonRow(*headline_parts(text)) for kind, text in notes if kind == "lesson"],
         "prevention": [text for kind, text in notes if kind == "prevent"],
         "checklist": groups,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sqlalchemy import select, update
 
-from bot import durations, timeline
+from bot import durations, report_canvas, timeline
 from bot.context import Context
 from bot.evidence import chart
 from bot.ports import MessengerError
@@ -65,14 +66,16 @@ def report_chart(ctx: Context, incident_id: int, locale: str) -> chart.ChartFile
     return drawn
 
 
-def deliver(ctx: Context, delivery: Delivery) -> str:
-    """Renders and uploads (files upload v2, into the thread), the evidence chart beside the document. Raises
-    MessengerError when the document cannot be posted; the row keeps the error."""
+def deliver(ctx: Context, delivery: Delivery, *, tell: Callable[[str], None] | None = None) -> str:
+    """Renders and uploads (files upload v2, into the thread), the evidence chart beside the document, and with
+    REPORT_CANVAS the canvas after them. Raises MessengerError when the document cannot be posted; the row keeps
+    the error. `tell` reaches the person who asked, with what went wrong with the canvas."""
     with ctx.db.session() as session:
         report = session.get_one(Report, delivery.report_id)
         incident = session.get_one(Incident, report.incident_id)
-        incident_id, channel, thread_ts = incident.id, incident.channel_id, incident.announcement_ts
-    if thread_ts is None:
+        incident_id, channel, thread_ts = incident.id, incident.channel_id, incident.home_thread_ts
+        announced = incident.announcement_ts is not None
+    if not announced:
         raise MessengerError("announcement_not_posted", "the incident thread does not exist yet")
     picture = report_chart(ctx, incident_id, delivery.locale)
     document = render_report(ctx, incident_id, delivery.locale, chart_file=picture.filename if picture else None)
@@ -95,14 +98,35 @@ def deliver(ctx: Context, delivery: Delivery) -> str:
         timeline.add_system_event(
             session, incident, actor=None, at=now, action="report", data={"filename": delivery.filename}
         )
+        ctx.hooks.on_report_posted.fire(session, incident)
     # The document first, and on record: a picture that fails cannot lose or repeat it. A rerun is a new report,
     # which posts both again once.
     if picture is not None and picture.png is not None:
         _upload_chart(ctx, delivery, channel, thread_ts, picture.filename, picture.png)
+    if ctx.settings.report_canvas:
+        chart_file = picture.filename if picture else None
+        target = report_canvas.Target(incident_id, delivery.public_id, delivery.locale, channel, thread_ts,
+                                      delivery.filename)
+        _write_canvas(ctx, target, document, chart_file, tell)
     return file_id
 
 
-def _upload_chart(ctx: Context, delivery: Delivery, channel: str, thread_ts: str, filename: str, png: bytes) -> None:
+def _write_canvas(ctx: Context, target: report_canvas.Target, document: str, chart_file: str | None,
+                  tell: Callable[[str], None] | None) -> None:
+    """The canvas step: after the document, so nothing here can cost it; a failure is told, never raised."""
+    try:
+        outcome = report_canvas.publish(ctx, target, document, lambda: render_report(
+            ctx, target.incident_id, target.locale, chart_file=chart_file))
+        message = report_canvas.failure_message(ctx, outcome)
+    except Exception:
+        log.exception("the report canvas of %s could not be written", target.public_id)
+        message = ctx.say("canvas.failed", reason="error")
+    if message is not None and tell is not None:
+        tell(message)
+
+
+def _upload_chart(ctx: Context, delivery: Delivery, channel: str, thread_ts: str | None, filename: str,
+                  png: bytes) -> None:
     """Beside the document; a failure is logged and kept on the (posted) report's row, never raised."""
     try:
         ctx.messenger.upload_file(channel, thread_ts, filename, png, title=filename)

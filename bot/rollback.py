@@ -277,7 +277,7 @@ def show(ctx: Context, rollback_id: int) -> None:
         row = session.get_one(Rollback, rollback_id)
         incident = session.get_one(Incident, row.incident_id)
         message = ctx.presenter.rollback_proposal(proposal_view(ctx, session, row))
-        channel, ts, thread_ts = row.message_channel or incident.channel_id, row.message_ts, incident.announcement_ts
+        channel, ts, thread_ts = row.message_channel or incident.channel_id, row.message_ts, incident.home_thread_ts
     try:
         if ts is not None:
             ctx.messenger.update_message(channel, ts, message.text, blocks=message.blocks)
@@ -295,7 +295,7 @@ def show(ctx: Context, rollback_id: int) -> None:
 def _post_in_thread(ctx: Context, incident_id: int, message: RenderedMessage) -> None:
     with ctx.db.read() as session:
         incident = session.get_one(Incident, incident_id)
-        channel, thread_ts = incident.channel_id, incident.announcement_ts
+        channel, thread_ts = incident.channel_id, incident.home_thread_ts
     try:
         ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts)
     except MessengerError as error:

@@ -75,11 +75,28 @@ class Settings:
     rollback_allowed_users: tuple[str, ...] = ()
     verify_after_rollback: timedelta = timedelta(minutes=3)
     cloud_monitoring_api_url: str | None = None  # host:port of a plain-gRPC emulator; Google's endpoint when None
+    # A channel per incident (INCIDENT_CHANNEL_MODE=channel); each incident keeps the mode it was opened in.
+    channel_mode: str = "thread"
+    channel_private: bool = False
+    channel_archive_after: timedelta | None = None  # None: incident channels are never archived by the bot
+
+    # /postmortem report also writes the report into a Slack canvas (REPORT_CANVAS); off: the .md file only.
+    report_canvas: bool = False
+
+    # Action items kept in GitHub Issues: on with GITHUB_REPO and GITHUB_TOKEN (both or neither).
+    github_repo: str | None = None
+    github_token: str | None = None
+    github_api_url: str = "https://api.github.com"
+    github_webhook_secret: str | None = None
+
+    @property
+    def github_enabled(self) -> bool:
+        return bool(self.github_repo and self.github_token)
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line."""
         return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token,
-                            self.alert_webhook_token) if s]
+                            self.alert_webhook_token, self.github_token, self.github_webhook_secret) if s]
 
 
 def _percent(name: str, raw: str) -> float:
@@ -226,6 +243,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, require: tuple[str, .
             kwargs[key] = int(v)
     kwargs.update(_alert_settings(get))
     kwargs.update(_rollback_settings(get))
+    kwargs.update(_github_settings(get))
+    kwargs.update(_channel_settings(get))
+    if (v := get("REPORT_CANVAS")) is not None:
+        kwargs["report_canvas"] = _bool("REPORT_CANVAS", v)
     return Settings(**kwargs)  # type: ignore[arg-type]  # each value is parsed above to its field's type
 
 
@@ -271,4 +292,52 @@ def _rollback_settings(get: Callable[[str], str | None]) -> dict[str, object]:
         if not re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}", v):
             raise SettingsError(f"CLOUD_MONITORING_API_URL: expected host:port such as 127.0.0.1:8085, got {v!r}")
         kwargs["cloud_monitoring_api_url"] = v
+    return kwargs
+
+
+CHANNEL_MODES = ("thread", "channel")
+
+
+def _channel_settings(get: Callable[[str], str | None]) -> dict[str, object]:
+    kwargs: dict[str, object] = {}
+    if (v := get("INCIDENT_CHANNEL_MODE")) is not None:
+        if v.strip().lower() not in CHANNEL_MODES:
+            raise SettingsError(f"INCIDENT_CHANNEL_MODE: expected thread or channel, got {v!r}")
+        kwargs["channel_mode"] = v.strip().lower()
+    if (v := get("INCIDENT_CHANNEL_PRIVATE")) is not None:
+        kwargs["channel_private"] = _bool("INCIDENT_CHANNEL_PRIVATE", v)
+    if (v := get("INCIDENT_CHANNEL_ARCHIVE_AFTER")) is not None and v.strip().lower() not in ("off", "never"):
+        kwargs["channel_archive_after"] = _duration("INCIDENT_CHANNEL_ARCHIVE_AFTER", v)
+    return kwargs
+
+
+# GitHub's rules: a login is 1-39 letters, digits or single inner hyphens; a repository name letters, digits, ., _, -.
+GITHUB_LOGIN = r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}"
+GITHUB_REPO_NAME = r"[A-Za-z0-9._-]{1,100}"
+GITHUB_SECRET_MIN_LENGTH = 16
+
+
+def _github_settings(get: Callable[[str], str | None]) -> dict[str, object]:
+    """GITHUB_REPO and GITHUB_TOKEN turn the sync on; one without the other is a mistake worth stopping for."""
+    kwargs: dict[str, object] = {}
+    repo, token = get("GITHUB_REPO"), get("GITHUB_TOKEN")
+    if repo is not None:
+        if not re.fullmatch(rf"{GITHUB_LOGIN}/{GITHUB_REPO_NAME}", repo) or repo.split("/")[1] in (".", ".."):
+            raise SettingsError(f"GITHUB_REPO: expected owner/name such as ion-team/ion-api, got {repo!r}")
+        kwargs["github_repo"] = repo
+    if token is not None:
+        if not re.fullmatch(r"[\x21-\x7e]+", token):  # never echoed: it is a secret
+            raise SettingsError("GITHUB_TOKEN: expected a token without spaces (a fine-grained personal access token)")
+        kwargs["github_token"] = token
+    if (repo is None) != (token is None):
+        missing = "GITHUB_TOKEN" if token is None else "GITHUB_REPO"
+        raise SettingsError(f"{missing} is required when {'GITHUB_REPO' if token is None else 'GITHUB_TOKEN'} is set "
+                            "(both turn the GitHub issue sync on)")
+    if (v := get("GITHUB_API_URL")) is not None:
+        kwargs["github_api_url"] = _url("GITHUB_API_URL", v.rstrip("/"))
+    if (v := get("GITHUB_WEBHOOK_SECRET")) is not None:
+        if len(v) < GITHUB_SECRET_MIN_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", v):
+            raise SettingsError(f"GITHUB_WEBHOOK_SECRET: expected at least {GITHUB_SECRET_MIN_LENGTH} printable "
+                                "characters without spaces (e.g. from `openssl rand -hex 32`)")
+        kwargs["github_webhook_secret"] = v
     return kwargs

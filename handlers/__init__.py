@@ -5,7 +5,7 @@ from __future__ import annotations
 from slack_bolt import App
 
 from bot.context import Context
-from handlers import actions, commands, events, guards, views
+from handlers import actions, commands, events, guards, shortcuts, views
 
 
 def register(app: App, ctx: Context) -> None:
@@ -14,3 +14,4 @@ def register(app: App, ctx: Context) -> None:
     events.register(app, ctx)
     actions.register(app, ctx)
     views.register(app, ctx)
+    shortcuts.register(app, ctx)

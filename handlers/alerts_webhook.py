@@ -13,7 +13,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -25,20 +24,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import alerts
 from bot.context import Context
 from bot.logsetup import outage_log
-from handlers.guards import MAX_BODY_BYTES, SetWhenClosed, read_body
+from handlers.guards import MAX_BODY_BYTES, SetWhenClosed, json_answer, read_body
 
 log = logging.getLogger(__name__)
 
 ROUTE = "/alerts/cloud-monitoring"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-def _answer(start_response: Callable[..., Any], status: str, payload: dict[str, Any],
-            headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-    body = json.dumps(payload).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            *(headers or [])])
-    return [body]
 
 
 def presented_secret(environ: dict[str, Any]) -> str | None:
@@ -70,22 +61,22 @@ def make_webhook(ctx: Context) -> WSGIApp:
     def webhook(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         token = ctx.settings.alert_webhook_token
         if not token:
-            return _answer(start_response, "404 Not Found", {"error": "not found"})
+            return json_answer(start_response, "404 Not Found", {"error": "not found"})
         if environ.get("REQUEST_METHOD") != "POST":
-            return _answer(start_response, "405 Method Not Allowed", {"error": "POST only"}, [("Allow", "POST")])
+            return json_answer(start_response, "405 Method Not Allowed", {"error": "POST only"}, [("Allow", "POST")])
         if not authorized(environ, token):
-            return _answer(start_response, "401 Unauthorized", {"error": "missing or wrong token"},
+            return json_answer(start_response, "401 Unauthorized", {"error": "missing or wrong token"},
                            [("WWW-Authenticate", 'Basic realm="incident-bot alerts"')])
         try:
             raw = read_body(environ, MAX_BODY_BYTES)
         except ValueError:
-            return _answer(start_response, "400 Bad Request", {"error": "bad content length"})
+            return json_answer(start_response, "400 Bad Request", {"error": "bad content length"})
         if raw is None:
-            return _answer(start_response, "413 Content Too Large", {"error": "body over 1 MiB"})
+            return json_answer(start_response, "413 Content Too Large", {"error": "body over 1 MiB"})
         try:
             notification = alerts.parse_notification(raw)
         except alerts.NotANotification as error:
-            return _answer(start_response, "400 Bad Request",
+            return json_answer(start_response, "400 Bad Request",
                            {"error": "not a Cloud Monitoring notification (schema 1.2)", "reason": str(error)})
         written = threading.Event()
         try:
@@ -95,10 +86,10 @@ def make_webhook(ctx: Context) -> WSGIApp:
         except SQLAlchemyError:
             written.set()
             outage_log.error(log, "could not store an alert; answering 503 so that Cloud Monitoring sends it again")
-            return _answer(start_response, "503 Service Unavailable", {"error": "database unavailable"})
+            return json_answer(start_response, "503 Service Unavailable", {"error": "database unavailable"})
         log.info("alert %s", "stored" if received.created else "already stored",
                  extra={"json_fields": {"alert": received.alert_id, "state": notification.state}})
-        body = _answer(start_response, "200 OK", {"status": "stored" if received.created else "duplicate",
+        body = json_answer(start_response, "200 OK", {"status": "stored" if received.created else "duplicate",
                                                   "alert": received.alert_id})
         return SetWhenClosed(body, written)
 

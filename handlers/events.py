@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import ingest, pins
 from bot.context import Context
 from bot.logsetup import outage_log
-from handlers import reactions
+from handlers import home, reactions
 from handlers.guards import ACK_WRITTEN
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def register(app: App, ctx: Context) -> None:
 
     for name in ("reaction_added", "reaction_removed"):
         app.event(name)(_reaction_listener(ctx, name))
+    home.register(app, ctx)
 
 
 def _reaction_listener(ctx: Context, name: str) -> Callable[..., BoltResponse | None]:

@@ -3,6 +3,7 @@ workspace check that runs after Bolt's own signature check."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -51,6 +52,15 @@ def well_formed(body: dict[str, Any]) -> bool:
     if body.get("type") in ("view_submission", "view_closed"):
         return isinstance(body.get("view"), dict)
     return body.get("type") in ("url_verification", "shortcut", "message_action", "block_suggestion")
+
+
+def json_answer(start_response: Callable[..., Any], status: str, payload: dict[str, Any],
+                headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    """A JSON answer of one of the plain WSGI routes beside Slack's (the alert and GitHub webhooks)."""
+    body = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            *(headers or [])])
+    return [body]
 
 
 def read_body(environ: dict[str, Any], max_body: int) -> bytes | None:

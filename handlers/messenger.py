@@ -23,16 +23,16 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
-from bot.ports import ChatMessage, MessengerError
+from bot.ports import ChannelRef, ChatMessage, MessengerError
 from bot.render import clip_slack
-from handlers.slack_limits import MESSAGE_TEXT, fit_message
+from handlers.slack_limits import MESSAGE_TEXT, MODAL_BLOCKS, fit_message
 
 log = logging.getLogger(__name__)
 
 _CLOCK_SKEW = 2.0  # seconds of slack between our clock and Slack's when looking for a post that landed
 _LANDED_PAGES = 10  # history pages of 200 searched for a post that may have landed; past them we can't tell
 # Methods whose blind re-send can do the thing twice; post_message looks in the channel before sending again.
-_NOT_IDEMPOTENT = ("chat.postMessage",)
+_NOT_IDEMPOTENT = ("chat.postMessage", "canvases.create")  # canvases.create has no idempotency key
 # The default retry interval calculator: backoff_factor * 2**attempt, plus a random jitter of up to 1 s.
 _BACKOFF_FACTOR, _JITTER = 0.5, 1.0
 
@@ -94,6 +94,11 @@ def _failure(error: Exception) -> MessengerError:
     return MessengerError("slack_error", str(error))
 
 
+def _channel_ref(channel: dict[str, Any]) -> ChannelRef:
+    return ChannelRef(id=str(channel["id"]), name=str(channel.get("name") or ""), creator=channel.get("creator"),
+                      created=float(channel.get("created") or 0))
+
+
 class SlackMessenger:
     def __init__(self, client: WebClient, *, overflow_note: str = "…") -> None:
         self.client = client
@@ -102,12 +107,29 @@ class SlackMessenger:
         self._names: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._bot_user_id: str | None = None
+        self._workspace_url: str | None = None
+        self._team_id: str | None = None
 
     @property
     def bot_user_id(self) -> str:
         if self._bot_user_id is None:
-            self._bot_user_id = str(self._call("auth_test")["user_id"])
+            self._identify()
+        assert self._bot_user_id is not None
         return self._bot_user_id
+
+    @property
+    def workspace_url(self) -> str:
+        if self._workspace_url is None:
+            self._identify()
+        assert self._workspace_url is not None
+        return self._workspace_url
+
+    def _identify(self) -> None:
+        """auth.test once: who the bot is and where its workspace lives."""
+        answer = self._call("auth_test")
+        self._workspace_url = str(answer.get("url") or "")
+        self._team_id = str(answer.get("team_id") or "")
+        self._bot_user_id = str(answer["user_id"])
 
     @property
     def retries(self) -> int:
@@ -274,9 +296,20 @@ class SlackMessenger:
             self._names[user_id] = name
         return name
 
+    def publish_home(self, user_id: str, view: dict[str, Any], *, hash: str | None = None) -> None:
+        """views.publish, its blocks fitted to a Home tab's limits (100 blocks, each block's own)."""
+        _, blocks = fit_message("", view.get("blocks"), note=self.overflow_note, max_blocks=MODAL_BLOCKS)
+        self._call("views_publish", user_id=user_id, view={**view, "blocks": blocks or []}, hash=hash)
+
+    def open_dm(self, user_id: str) -> str:
+        return str(self._call("conversations_open", users=user_id)["channel"]["id"])
+
     def open_view(self, trigger_id: str, view: dict[str, Any]) -> str:
         """views.open: a modal for the person whose click or command gave `trigger_id` (valid for 3 s)."""
         return str(self._call("views_open", trigger_id=trigger_id, view=view)["view"]["id"])
+
+    def permalink(self, channel: str, ts: str) -> str:
+        return str(self._call("chat_getPermalink", channel=channel, message_ts=ts)["permalink"])
 
     def fetch_message(self, channel: str, ts: str) -> ChatMessage | None:
         """conversations.history only holds top-level messages; a thread reply needs conversations.replies."""
@@ -318,3 +351,69 @@ class SlackMessenger:
                 return True
             raise
         return bool(info.get("is_private"))
+
+    # ---- a channel per incident -------------------------------------------------------------------------------
+
+    def create_channel(self, name: str, *, private: bool) -> ChannelRef:
+        return _channel_ref(self._call("conversations_create", name=name, is_private=private)["channel"])
+
+    def find_channel(self, name: str) -> ChannelRef | None:
+        """Every page of conversations.list until `name` turns up (Slack has no lookup by name)."""
+        try:
+            pages = self.client.conversations_list(types="public_channel,private_channel", exclude_archived=True,
+                                                   limit=999)
+            for page in pages:  # slack_sdk follows response_metadata.next_cursor
+                for channel in page.get("channels") or []:
+                    if channel.get("name") == name:
+                        return _channel_ref(channel)
+        except (SlackApiError, SlackClientError, TimeoutError, OSError) as error:
+            failure = _failure(error)
+            log.warning("slack call conversations_list failed: %s", failure.kind)
+            raise failure from error
+        return None
+
+    def invite(self, channel: str, user: str) -> None:
+        # One person per call: with several, one refusal makes Slack invite none of them.
+        try:
+            self._call("conversations_invite", channel=channel, users=user)
+        except MessengerError as error:
+            if error.kind not in ("already_in_channel", "cant_invite_self"):
+                raise
+
+    def set_topic(self, channel: str, topic: str) -> None:
+        self._call("conversations_setTopic", channel=channel, topic=topic)
+
+    def archive_channel(self, channel: str) -> None:
+        try:
+            self._call("conversations_archive", channel=channel)
+        except MessengerError as error:
+            if error.kind != "already_archived":
+                raise
+
+    # ---- canvases (the report as a canvas, bot/report_canvas.py) ----------------------------------------------
+
+    def _canvas_call(self, method: str, **kwargs: Any) -> Any:
+        """Slack explains a refused canvas in `detail` ("'content' error: line 28: …"): keep it for the log."""
+        try:
+            return self._call(method, **kwargs)
+        except MessengerError as error:
+            cause = error.__cause__
+            if isinstance(cause, SlackApiError) and cause.response is not None and cause.response.get("detail"):
+                error.detail = str(cause.response.get("detail"))
+            raise
+
+    def create_canvas(self, title: str, markdown: str) -> str:
+        answer = self._canvas_call("canvases_create", title=title,
+                                   document_content={"type": "markdown", "markdown": markdown})
+        return str(answer["canvas_id"])
+
+    def edit_canvas(self, canvas_id: str, markdown: str) -> None:
+        self._canvas_call("canvases_edit", canvas_id=canvas_id, changes=[
+            {"operation": "replace", "document_content": {"type": "markdown", "markdown": markdown}}])
+
+    def share_canvas(self, canvas_id: str, channel: str) -> str:
+        """canvases.access.set: `channel`'s members may read it. Its link, which Slack unfurls in a message."""
+        self._canvas_call("canvases_access_set", canvas_id=canvas_id, access_level="read", channel_ids=[channel])
+        if self._team_id is None:
+            self._identify()
+        return f"{self.workspace_url}docs/{self._team_id}/{canvas_id}"

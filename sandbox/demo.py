@@ -31,7 +31,9 @@ from handlers.alerts_webhook import ROUTE as ALERT_ROUTE
 from handlers.blocks import alerts as alert_buttons
 from handlers.blocks import evidence as evidence_buttons
 from handlers.blocks import rollback as rollback_buttons
+from handlers.github_webhook import ROUTE as GITHUB_ROUTE
 from sandbox.gcp import CanaryScenario, GcpSandbox
+from sandbox.github import GithubSandbox
 from sandbox.loopback import LocalBot, RuntimeBuilder
 from sandbox.slack import JSONDict, SlackSandbox
 from storage.models import Incident
@@ -42,6 +44,8 @@ SENA, LEMUN, GITCO, LUBIT = "U0SENA", "U0LEMUN", "U0GITCO", "U0LUBIT"
 INCIDENT_ID = "INCIDENT-20251022-001"
 # Cloud Monitoring's webhook channel (webhook_tokenauth): the token travels in the URL it was created with.
 ALERT_TOKEN = "demo-alert-token-20251022"
+# The repository's webhook secret: GitHub signs each delivery with it.
+GITHUB_SECRET = "demo-github-webhook-secret-20251022"
 EDIT_LINES_SHOWN = 40  # of the lines an edit changed: enough for a whole evidence summary
 DATABASE_FILE = "demo.db"  # kept beside the report, so `incident-bot report` can read it afterwards
 # What a run writes besides the files uploaded to Slack. A new run removes these and the files listed by the last
@@ -60,9 +64,11 @@ def at(hhmm: str, days_later: int = 0) -> datetime:
 class Transcript:
     """Prints what Slack shows, step by step: people's messages, the bot's posts, edits, files, ephemerals."""
 
-    def __init__(self, bot: LocalBot, out: TextIO) -> None:
+    def __init__(self, bot: LocalBot, out: TextIO, github: GithubSandbox | None = None) -> None:
         self.bot = bot
         self.out = out
+        self.github = github
+        self._issues_seen = 0
         self.lines: list[str] = []
         self._calls_seen = 0
         self._responses_seen = 0
@@ -173,13 +179,29 @@ class Transcript:
             if response.get("text"):
                 self.block(f"   ↳ {self.say('only_you')} ", response["text"])
         self._responses_seen = len(responses)
+        self.new_issues()
+
+    def new_issues(self) -> None:
+        """The issues GitHub holds since the last look: what the action items became on the other side."""
+        if self.github is None:
+            return
+        issues = self.github.issues()
+        for issue in issues[self._issues_seen:]:
+            labels = ", ".join(label["name"] for label in issue["labels"])
+            assignees = ", ".join(a["login"] for a in issue["assignees"]) or self.say("github_unassigned")
+            line = self.say("github_issue", repo=self.github.repo, number=issue["number"], title=issue["title"],
+                            labels=labels, assignees=assignees)
+            self.emit(f"🐙 {line}")
+        self._issues_seen = len(issues)
 
 
 class Scenario:
-    def __init__(self, bot: LocalBot, clock: ManualClock, gcp: GcpSandbox, transcript: Transcript) -> None:
+    def __init__(self, bot: LocalBot, clock: ManualClock, gcp: GcpSandbox, transcript: Transcript,
+                 github: GithubSandbox) -> None:
         self.bot = bot
         self.clock = clock
         self.gcp = gcp
+        self.github = github
         self.t = transcript
         self.thread_ts = ""
 
@@ -219,6 +241,16 @@ class Scenario:
         response = requests.post(f"{self.bot.base_url}{ALERT_ROUTE}?auth_token={ALERT_TOKEN}", json=notification,
                                  headers={"User-Agent": "Google-Alerts"}, timeout=30)
         self.t.emit(f"   ↳ HTTP {response.status_code} {response.text.strip()}")
+        self.t.flush()
+
+    def close_on_github(self, login: str, number: int) -> None:
+        """Someone closes an issue on github.com; the repository's webhook tells the app, signed."""
+        title = self.github.issue(number)["title"]
+        self.t.emit(f"🐙 {self.t.say('github_closes', login=login, number=number, title=title)}")
+        delivery = self.github.close_issue(number, by=login)
+        assert delivery is not None
+        self.t.emit(f"📡 {self.t.say('github_webhook', route=GITHUB_ROUTE, action=delivery.action, number=number)}")
+        self.t.emit(f"   ↳ HTTP {delivery.status}")
         self.t.flush()
 
     def click(self, user: str, action_id: str) -> None:
@@ -311,18 +343,21 @@ def run_demo(build_runtime: RuntimeBuilder, output_dir: str = "out", locale: str
         "ALERT_WEBHOOK_TOKEN": ALERT_TOKEN,
         "ALERT_CHANNEL": CHANNEL,
         "ROLLBACK_ENABLED": "true",  # Sena confirms as the incident's lead
+        "GITHUB_WEBHOOK_SECRET": GITHUB_SECRET,  # action items become issues in the GitHub sandbox's repository
     }
     slack = SlackSandbox(clock=lambda: clock.now().timestamp()).start()
-    with GcpSandbox(scenario_data) as gcp:
+    with GcpSandbox(scenario_data) as gcp, GithubSandbox(clock=lambda: clock.now().timestamp()) as github:
+        env.update(github.env())
         env["CLOUD_LOGGING_API_URL"] = gcp.base_url
         env["CLOUD_RUN_API_URL"] = gcp.base_url
         env["CLOUD_MONITORING_API_URL"] = gcp.monitoring.address
         bot = LocalBot(env, build_runtime=build_runtime, clock=clock, slack=slack,
                        database_url=f"sqlite:///{database}")
         bot.start(background=False)
+        github.connect_webhook(f"{bot.base_url}{GITHUB_ROUTE}", GITHUB_SECRET)
         try:
-            transcript = Transcript(bot, out)
-            play(Scenario(bot, clock, gcp, transcript))
+            transcript = Transcript(bot, out, github)
+            play(Scenario(bot, clock, gcp, transcript, github))
             return write_outputs(bot, transcript, output, database, out)
         finally:
             bot.stop()
@@ -423,6 +458,9 @@ def play(s: Scenario) -> None:
         "단일 추천 요청 시 400번의 개별 데이터베이스 쿼리가 발생했습니다.",
     )
     s.at("17:00", "scene_actions")
+    # Whose issues go to whom on GitHub; Lemun has no login here, so hers stays unassigned and names her.
+    s.command(SENA, "/incident", f"github <@{GITCO}|gitco> gitco-dev")
+    s.command(SENA, "/incident", f"github <@{LUBIT}|lubit> lubit-ops")
     s.command(SENA, "/postmortem", f'action P0 "N+1 쿼리 수정 (조인으로 변경)" <@{GITCO}|gitco> due:2d impact:critical')
     s.command(SENA, "/postmortem", f'action P1 "추천 엔진 성능 테스트 추가" <@{GITCO}|gitco> due:1w impact:high')
     s.command(
@@ -457,6 +495,8 @@ def play(s: Scenario) -> None:
     s.remind()
     s.at("09:00", "scene_action_overdue", days_later=3)
     s.remind()
+    s.at("11:00", "scene_github_close", days_later=3)
+    s.close_on_github("gitco-dev", 1)  # the N+1 fix is merged: its issue closes, and the action item with it
 
 
 def write_conclusion(s: Scenario) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from sandbox.slack import JSONDict, SlackSandbox, channel_type
+from sandbox.slack import JSONDict, SlackSandbox, SlackSandboxError, channel_type
 
 _event_seq = itertools.count(1)
 
@@ -108,6 +108,10 @@ class SlackDriver:
     def new_trigger_id() -> str:
         return f"{int(time.time())}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
 
+    def _trigger(self, trigger_id: str | None, user: str) -> str:
+        """A trigger_id for one interaction, handed out by the workspace so that views.open can exchange it."""
+        return self.sandbox.issue_trigger(trigger_id or self.new_trigger_id(), user=user)
+
     # ------------------------------------------------------------------ slash commands
 
     def command(
@@ -135,7 +139,7 @@ class SlackDriver:
             "api_app_id": self.sandbox.app_id,
             "is_enterprise_install": "false",
             "response_url": response_url,
-            "trigger_id": trigger_id or self.new_trigger_id(),
+            "trigger_id": self._trigger(trigger_id, user),
         }
         return self._post_form(fields)
 
@@ -182,6 +186,11 @@ class SlackDriver:
         event = dict(message)
         event.update(channel=channel, event_ts=message["ts"], channel_type=channel_type(channel))
         return event
+
+    def deliver(self, channel: str, message: JSONDict) -> requests.Response:
+        """Sends a message the sandbox already holds (a `channel_join`, a topic change, the bot's own post) as the
+        `message` event Slack delivers for it."""
+        return self.event(self._message_event(channel, message))
 
     def say(
         self, channel: str, user: str, text: str, *, thread_ts: str | None = None
@@ -239,6 +248,21 @@ class SlackDriver:
         item_user = message.get("user")
         if item_user:
             event["item_user"] = item_user
+        return self.event(event)
+
+    def app_home_opened(self, user: str = "U0SENA", tab: str = "home") -> requests.Response:
+        """`user` opens the app's Home (or Messages) tab. As Slack sends it: the DM channel, the tab, and, once a
+        home view has been published for that user, the `view` they see, with its hash."""
+        event: JSONDict = {
+            "type": "app_home_opened",
+            "user": user,
+            "channel": self.sandbox.app_homes.dm_channel(user),
+            "tab": tab,
+            "event_ts": self.sandbox.new_ts(),
+        }
+        shown = self.sandbox.app_homes.home(user) if tab == "home" else None
+        if shown is not None:
+            event["view"] = shown
         return self.event(event)
 
     # ------------------------------------------------------------------ interactivity
@@ -308,7 +332,7 @@ class SlackDriver:
             "api_app_id": self.sandbox.app_id,
             "token": self.verification_token,
             "container": container,
-            "trigger_id": trigger_id or self.new_trigger_id(),
+            "trigger_id": self._trigger(trigger_id, user),
             "team": self._team_obj(),
             "enterprise": None,
             "is_enterprise_install": False,
@@ -329,6 +353,7 @@ class SlackDriver:
         user: str = "U0SENA",
         private_metadata: str = "",
         view_id: str = "V1",
+        trigger_id: str | None = None,
     ) -> requests.Response:
         # A view opened through the sandbox's views.open keeps its blocks and title.
         opened = next((v for v in self.sandbox.views() if v.get("id") == view_id), {})
@@ -338,7 +363,7 @@ class SlackDriver:
             "user": self._user_obj(user),
             "api_app_id": self.sandbox.app_id,
             "token": self.verification_token,
-            "trigger_id": self.new_trigger_id(),
+            "trigger_id": self._trigger(trigger_id, user),
             "view": {
                 "id": view_id,
                 "team_id": self.team_id,
@@ -365,3 +390,104 @@ class SlackDriver:
             "enterprise": None,
         }
         return self._post_payload(payload)
+
+    def submit_view(
+        self, view_id: str | None = None, values: dict[str, Any] | None = None, *, user: str = "U0SENA",
+        trigger_id: str | None = None,
+    ) -> requests.Response:
+        """The person presses Submit on a view the app opened (the newest one without `view_id`). Slack sends every
+        input's state: what the view set initially, except the blocks in `values` (block_id → the typed text or
+        the chosen value; None clears the input)."""
+        views = self.sandbox.views()
+        view = next(v for v in views if v["id"] == view_id) if view_id else views[-1]
+        return self.view_submission(str(view.get("callback_id") or ""), form_state(view, values or {}), user=user,
+                                    private_metadata=str(view.get("private_metadata") or ""), view_id=view["id"],
+                                    trigger_id=trigger_id)
+
+    # ------------------------------------------------------------------ shortcuts
+
+    def global_shortcut(self, callback_id: str, *, user: str = "U0SENA",
+                        trigger_id: str | None = None) -> requests.Response:
+        """A global shortcut from the composer or search: Slack sends no channel and no response_url."""
+        payload: JSONDict = {
+            "type": "shortcut",
+            "token": self.verification_token,
+            "action_ts": f"{time.time():.6f}",
+            "team": self._team_obj(),
+            "user": self._user_obj(user),
+            "is_enterprise_install": False,
+            "enterprise": None,
+            "callback_id": callback_id,
+            "trigger_id": self._trigger(trigger_id, user),
+        }
+        return self._post_payload(payload)
+
+    def message_shortcut(self, callback_id: str, channel: str, message_ts: str, *, user: str = "U0SENA",
+                         trigger_id: str | None = None) -> requests.Response:
+        """A message shortcut from a message's menu: Slack sends the whole message, its channel and a
+        response_url for answering the person."""
+        message = self.sandbox.message(channel, message_ts)
+        if message is None:
+            raise SlackSandboxError("message_not_found")
+        response_url = self.sandbox.new_response_url(channel=channel, user=user)
+        self.last_response_url = response_url
+        payload: JSONDict = {
+            "type": "message_action",
+            "token": self.verification_token,
+            "action_ts": f"{time.time():.6f}",
+            "team": self._team_obj(),
+            "user": self._user_obj(user),
+            "channel": {"id": channel, "name": self.sandbox.channel_name(channel)},
+            "is_enterprise_install": False,
+            "enterprise": None,
+            "callback_id": callback_id,
+            "trigger_id": self._trigger(trigger_id, user),
+            "response_url": response_url,
+            "message_ts": message["ts"],
+            "message": message,
+        }
+        return self._post_payload(payload)
+
+
+def _initial_state(element: JSONDict) -> JSONDict:
+    """An input's state as Slack sends it when the person left it as the view set it."""
+    kind = str(element.get("type"))
+    state: JSONDict = {"type": kind}
+    if kind in _SINGLE_SELECT:
+        state["selected_option"] = element.get("initial_option")
+    elif kind in _MULTI_SELECT:
+        state["selected_options"] = element.get("initial_options") or []
+    else:
+        initial = {"users_select": "initial_user", "conversations_select": "initial_conversation",
+                   "channels_select": "initial_channel", "datepicker": "initial_date",
+                   "timepicker": "initial_time"}.get(kind, "initial_value")
+        state[_VALUE_KEYS.get(kind, "value")] = element.get(initial)
+    return state
+
+
+def _chosen_state(element: JSONDict, value: Any) -> JSONDict:
+    kind = str(element.get("type"))
+    state: JSONDict = {"type": kind}
+    if kind in _SINGLE_SELECT:
+        option = next((o for o in element.get("options") or [] if o.get("value") == value), None)
+        if option is None and value is not None:  # a value the view never offered: Slack would not send it
+            option = {"text": {"type": "plain_text", "text": str(value), "emoji": True}, "value": value}
+        state["selected_option"] = option
+    elif kind in _MULTI_SELECT:
+        state["selected_options"] = [o for o in element.get("options") or [] if o.get("value") in (value or [])]
+    else:
+        state[_VALUE_KEYS.get(kind, "value")] = value
+    return state
+
+
+def form_state(view: JSONDict, values: dict[str, Any]) -> JSONDict:
+    """`view.state.values` of a submission: every input block by block_id and action_id."""
+    state: JSONDict = {}
+    for block in view.get("blocks") or []:
+        element = block.get("element") if block.get("type") == "input" else None
+        if not isinstance(element, dict):
+            continue
+        block_id, action_id = str(block.get("block_id")), str(element.get("action_id"))
+        chosen = _chosen_state(element, values[block_id]) if block_id in values else _initial_state(element)
+        state[block_id] = {action_id: chosen}
+    return state

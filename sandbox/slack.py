@@ -27,6 +27,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from sandbox.canvases import CanvasWorkspace
+from sandbox.slack_channels import ChannelAdmin
+from sandbox.slack_home import AppHomes
+from sandbox.slack_views import TriggerBook, modal_problems
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -75,9 +80,10 @@ class Call:
 class SlackSandboxError(Exception):
     """Raised by the user-simulation helpers; `error` is the Slack error code it would map to."""
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, messages: list[str] | None = None) -> None:
         super().__init__(error)
         self.error = error
+        self.messages = messages  # Slack's response_metadata.messages, e.g. what is wrong with a view
 
 
 @dataclass
@@ -439,6 +445,7 @@ class SlackSandbox:
         self._ephemerals: list[JSONDict] = []
         self._files: dict[str, JSONDict] = {}
         self._views: dict[str, JSONDict] = {}
+        self.triggers = TriggerBook()  # trigger_ids handed out with interactions: single use, 3 s
         self._calls: list[Call] = []
         self._responses: list[tuple[str, JSONDict]] = []
         self._response_urls: dict[str, _ResponseUrl] = {}
@@ -480,6 +487,17 @@ class SlackSandbox:
             "views.push": self._views_open,
             "views.update": self._views_update,
         }
+        # Canvases (sandbox/canvases.py): their content, versions and access, and the documented markdown subset.
+        self.canvases = CanvasWorkspace(lock=self._lock, new_id=lambda: self._next_id("F"),
+                                        bot_user_id=bot_user_id, channel_known=self._known)
+        self._methods.update(self.canvases.methods())
+        # App Home (sandbox/slack_home.py): each user's published Home tab, and the bot's DMs (conversations.open).
+        self.app_homes = AppHomes(lock=self._lock, team_id=team_id, app_id=self.app_id, bot_id=bot_id,
+                                  user_known=lambda user: self.user(user) is not None, new_id=self._next_id)
+        self._methods.update(self.app_homes.methods())
+        # Channel management (sandbox/slack_channels.py): create, invite, set the topic, archive, list; scopes.
+        self.channel_admin = ChannelAdmin(self)
+        self._methods.update(self.channel_admin.methods())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -650,7 +668,7 @@ class SlackSandbox:
             "is_group": channel_type(channel) == "group",
             "is_im": channel_type(channel) == "im",
             "is_private": self._is_private(channel),
-            "is_archived": False,
+            "is_archived": channel in self.channel_admin.archived,
             "context_team_id": self.team_id,
         }
 
@@ -1142,6 +1160,8 @@ class SlackSandbox:
                 response = handler(params)
             except SlackSandboxError as exc:
                 response = {"ok": False, "error": exc.error}
+                if exc.messages:
+                    response["response_metadata"] = {"messages": exc.messages}
             if method == "chat.postMessage" and response.get("ok"):
                 after = self._echo_after(response["channel"], response["message"])
         self._record(method, params, 200, response, at)
@@ -1204,6 +1224,8 @@ class SlackSandbox:
         thread_ts = p.get("thread_ts") or None
         if thread_ts and _flag(p.get("reply_broadcast")):
             message["subtype"] = "thread_broadcast"
+        if channel in self.channel_admin.archived:
+            raise SlackSandboxError("is_archived")
         with self._lock:
             stored = copy.deepcopy(self._insert(channel, message, thread_ts))
         return {"ok": True, "channel": channel, "ts": stored["ts"], "message": stored}
@@ -1516,11 +1538,21 @@ class SlackSandbox:
         # Slack retired files.upload; failing loudly keeps the app on the v2 flow.
         raise SlackSandboxError("method_deprecated")
 
+    def issue_trigger(self, trigger_id: str, *, user: str | None = None, issued_at: float | None = None) -> str:
+        """Hands out `trigger_id` as Slack does with an interaction (the driver calls this for every payload)."""
+        return self.triggers.issue(trigger_id, user=user, issued_at=issued_at)
+
     def _views_open(self, p: JSONDict) -> JSONDict:
-        _required(p, "trigger_id", "invalid_arguments")
+        trigger_id = _required(p, "trigger_id", "invalid_arguments")
         view = p.get("view")
         if not isinstance(view, dict):
             raise SlackSandboxError("invalid_arguments")
+        problems = modal_problems(view)
+        if problems:
+            raise SlackSandboxError("invalid_arguments", problems)
+        refused = self.triggers.exchange(trigger_id)
+        if refused is not None:
+            raise SlackSandboxError(refused)
         stored = {**view, "id": self._next_id("V"), "team_id": self.team_id, "app_id": self.app_id,
                   "bot_id": self.bot_id, "state": {"values": {}}}
         with self._lock:
@@ -1531,6 +1563,9 @@ class SlackSandbox:
         view = p.get("view")
         if not isinstance(view, dict):
             raise SlackSandboxError("invalid_arguments")
+        problems = modal_problems(view) if view.get("type") == "modal" else []
+        if problems:
+            raise SlackSandboxError("invalid_arguments", problems)
         with self._lock:
             view_id = p.get("view_id")
             if not view_id and p.get("external_id"):

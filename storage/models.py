@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -57,9 +58,20 @@ class IncidentSequence(Base):
     last: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
+# The rows whose channel is the incident's own (channel mode), as find_home asks for them.
+HOME_CHANNEL = "mode = 'channel' AND channel_name IS NOT NULL"
+
+
 class Incident(Base):
     __tablename__ = "incidents"
-    __table_args__ = (UniqueConstraint("day", "seq", name="uq_incident_day_seq"),)
+    __table_args__ = (
+        UniqueConstraint("day", "seq", name="uq_incident_day_seq"),
+        # incidents.find_home, the reply path's lookup: one index probe per kind of home, however many incidents
+        # the channel has had (bot/homes.py caches what it finds).
+        Index("ix_incident_home_thread", "channel_id", "announcement_ts"),
+        Index("ix_incident_home_channel", "channel_id", sqlite_where=text(HOME_CHANNEL),
+              postgresql_where=text(HOME_CHANNEL)),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     public_id: Mapped[str] = mapped_column(String(40), unique=True, nullable=False)
@@ -88,6 +100,16 @@ class Incident(Base):
     announcement_error: Mapped[str | None] = mapped_column(Text)
     # Lease on posting the announcement, so the retry sweep and the first attempt never both post it.
     announce_claimed_until: Mapped[datetime | None]
+    # A channel per incident (bot/channels.py): `mode` is fixed at open ("thread" or "channel"; back to "thread"
+    # when the channel can't be made, with the reason in `channel_error`). In channel mode `channel_id` becomes
+    # the incident's own channel once `channel_name` is set; `origin_channel_id` is where it was declared, which
+    # holds the one line (`link_ts`) that links to it. `channel_topic` is the topic last set, not to set it twice.
+    mode: Mapped[str] = mapped_column(String(8), nullable=False, default="thread", server_default="thread")
+    origin_channel_id: Mapped[str | None] = mapped_column(String(32))
+    channel_name: Mapped[str | None] = mapped_column(String(80))
+    link_ts: Mapped[str | None] = mapped_column(String(32))
+    channel_topic: Mapped[str | None] = mapped_column(String(250))
+    channel_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
     updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
 
@@ -100,6 +122,12 @@ class Incident(Base):
     @property
     def is_open(self) -> bool:
         return self.status not in ("resolved", "cancelled")
+
+    @property
+    def home_thread_ts(self) -> str | None:
+        """Where the incident's posts go in `channel_id`: the announcement's thread, or top-level in its own
+        channel (channel mode). Callers still check `announcement_ts` to know the incident is announced."""
+        return None if self.mode == "channel" else self.announcement_ts
 
 
 class TimelineEvent(Base):
@@ -432,3 +460,100 @@ class Rollback(Base):
     verify_due_at: Mapped[datetime | None]
     verify_claimed_until: Mapped[datetime | None]
     verified_at: Mapped[datetime | None]
+
+
+class ReportCanvas(Base):
+    """The Slack canvas a report is written into: one per incident and language, like the .md file, so a
+    `report en` in a Korean workspace is a canvas of its own. Every report rewrites it (canvases.edit).
+
+    `claimed_until` is the writers' lease (storage.sql.claim_lease): canvases.create has no idempotency key, so of
+    two reports at once only the holder creates. Each report counts itself in `requested`; one that finds the
+    lease held leaves its request to the holder, who writes again before it lets go while `written` (the count
+    the canvas content is as new as) is behind."""
+
+    __tablename__ = "report_canvases"
+    __table_args__ = (UniqueConstraint("incident_id", "locale", name="uq_report_canvas_locale"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False)
+    locale: Mapped[str] = mapped_column(String(4), nullable=False)
+    canvas_id: Mapped[str | None] = mapped_column(String(40))
+    requested: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    written: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    claimed_until: Mapped[datetime | None]
+    # A create that got no answer: Slack may hold an orphan canvas since then (no request finds it again).
+    create_unanswered_at: Mapped[datetime | None]
+    # The thread message with its link, once channel members may read it.
+    shared_ts: Mapped[str | None] = mapped_column(String(32))
+    share_attempted_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class GithubIssue(Base):
+    """The GitHub issue an action item is kept in (bot/github_sync.py): one row per item, made with the item.
+
+    `number` is None until GitHub's answer is stored. `create_attempted_at` is set, and committed, before each
+    creation is sent, so any later attempt searches for the item's marker first and an answer lost after GitHub
+    made the issue never makes a second one. `state`, `title` and `remote_updated_at` are the issue as GitHub last
+    showed it; the item's status wants `closed` when done and `open` otherwise, and a difference is pushed.
+    `claimed_until` is the lease on the row's GitHub work, `next_attempt_at` the backoff (or the rate limit's reset)
+    before it is tried again. `failure` names a refusal a person must fix (bad_credentials, repo_not_found),
+    reported once to whoever added the item (`reported_at`). `shown` is whether the item's Slack message shows the
+    link."""
+
+    __tablename__ = "github_issues"
+    __table_args__ = (
+        UniqueConstraint("action_item_id", name="uq_github_issue_item"),
+        Index("ix_github_issue_number", "repo", "number"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action_item_id: Mapped[int] = mapped_column(ForeignKey("action_items.id", ondelete="CASCADE"), nullable=False)
+    repo: Mapped[str] = mapped_column(String(140), nullable=False)
+    number: Mapped[int | None] = mapped_column(Integer)
+    url: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str | None] = mapped_column(String(8))  # open | closed, as GitHub last showed it
+    title: Mapped[str | None] = mapped_column(Text)
+    remote_updated_at: Mapped[datetime | None]
+    assignee: Mapped[str | None] = mapped_column(String(39))
+    create_attempted_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failure: Mapped[str | None] = mapped_column(String(32))
+    reported_at: Mapped[datetime | None]
+    shown: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+
+
+class GithubLogin(Base):
+    """A Slack user's GitHub login (`/incident github @user login`), the assignee of their action items' issues."""
+
+    __tablename__ = "github_logins"
+
+    slack_user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    login: Mapped[str] = mapped_column(String(39), nullable=False)
+    set_by: Mapped[str | None] = mapped_column(String(32))
+    set_at: Mapped[datetime] = mapped_column(nullable=False)
+
+
+class GithubDelivery(Base):
+    """A webhook delivery by its X-GitHub-Delivery GUID, stored with what it changed: a redelivery changes nothing."""
+
+    __tablename__ = "github_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(32), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(nullable=False)
+
+
+class GithubRepoSync(Base):
+    """Per repository: when the sweep last read the issues changed since (`reconciled_at`), and its lease, so one
+    replica reads them every few minutes."""
+
+    __tablename__ = "github_repo_sync"
+
+    repo: Mapped[str] = mapped_column(String(140), primary_key=True)
+    reconciled_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app import build_runtime
 from sandbox.demo import run_demo
 from sandbox.driver import SlackDriver
-from storage.models import Alert, Evidence, Incident, Rollback
+from storage.models import ActionItem, Alert, Evidence, GithubIssue, Incident, Rollback
 
 pytestmark = pytest.mark.slow
 
@@ -303,3 +303,33 @@ def test_the_rollback_goes_through_the_button_and_its_check_includes_memory(
     milestone_reactions = [line for line in run.output.splitlines() if line.startswith("👤")
                            and re.search(r":(rotating_light|rewind|white_check_mark):", line)]
     assert milestone_reactions == []
+
+
+@pytest.mark.parametrize("locale", ["ko", "en"])
+def test_the_four_action_items_become_four_github_issues_and_one_is_closed_from_github(
+        locale: str, korean: DemoRun, english: DemoRun) -> None:
+    run = korean if locale == "ko" else english
+    with _database(run) as session:
+        items = session.scalars(select(ActionItem).order_by(ActionItem.id)).all()
+        issues = {row.action_item_id: row for row in session.scalars(select(GithubIssue))}
+    # One issue per item, assigned through the logins Sena mapped; Lemun has none, so hers is unassigned.
+    assert [issues[i.id].number for i in items] == [1, 2, 3, 4]
+    assert [issues[i.id].assignee for i in items] == ["gitco-dev", "gitco-dev", "lubit-ops", None]
+    # Gitco closed #1 on GitHub two days after it was due: the webhook made the item done, and nothing else changed.
+    assert [(i.priority, i.status) for i in items] == [("P0", "done"), ("P1", "open"), ("P1", "open"), ("P2", "open")]
+    assert [issues[i.id].state for i in items] == ["closed", "open", "open", "open"]
+    assert _utc(items[0].done_at) == datetime(2025, 10, 25, 11, 0, tzinfo=UTC)
+    # The transcript shows each issue made on GitHub, each item's message getting its link, and the close.
+    made = [line for line in run.output.splitlines() if line.startswith("🐙 GitHub ion-team/ion-api")]
+    assert len(made) == 4 and all("incident, P" in line for line in made), made
+    link = "🐙 GitHub 이슈" if locale == "ko" else "🐙 GitHub issue"
+    for number in (1, 2, 3, 4):
+        assert f"{link} <https://github.com/ion-team/ion-api/issues/{number}|#{number}>" in run.output
+    assert "POST /github/webhook (issues closed #1" in run.output
+    done = "상태: *✅ 완료* (2025-10-25 11:00 UTC)" if locale == "ko" else "Status: *✅ Done* (2025-10-25 11:00 UTC)"
+    assert done in run.output
+    # The reports, written at the meeting, link every issue.
+    for name in (f"{ID}-postmortem.md", f"{ID}-postmortem.{'en' if locale == 'ko' else 'ko'}.md"):
+        report = (run.directory / name).read_text(encoding="utf-8")
+        for number in (1, 2, 3, 4):
+            assert f"[#{number}](https://github.com/ion-team/ion-api/issues/{number})" in report, name

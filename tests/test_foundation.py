@@ -132,7 +132,7 @@ def test_twenty_concurrent_opens_get_distinct_consecutive_ids(bot: LocalBot) -> 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("open", "제목이 없습니다"),
+        # `open` alone opens the declare form now: tests/test_declare_modal.py
         ("open sev:high", "제목이 없습니다"),
         ("open 장애 sev:urgent", "심각도 `urgent`"),
         ("open 장애 service:Bad_Name", "서비스 이름"),

@@ -226,7 +226,9 @@ def test_the_demo_fills_every_section_in_both_languages(tmp_path: Path) -> None:
         "- **영향받은 사용자**: 약 500명 (전체의 1%)",
         "- **감지 시간**: 14:15 UTC (1분 후)",  # the demo is declared from the alert (issue 13)
         "5. **왜 테스트 데이터가 작았나?**\n   - 프로덕션 데이터 크기(50M행)를 고려하지 않음",
-        "| P0 | N+1 쿼리 수정 (조인으로 변경) | Gitco | 2025-10-24 | Critical | [  ] |",
+        # The demo runs with GitHub on (issue 17): the item's issue has its own column.
+        "| P0 | N+1 쿼리 수정 (조인으로 변경) | Gitco | 2025-10-24 | Critical "
+        "| [#1](https://github.com/ion-team/ion-api/issues/1) | [  ] |",
         "1. **테스트 데이터 크기가 중요하다**\n   - 프로덕션 데이터 크기를 반영한 테스트 필수",
         "## 결론\n이번 사건은 **프로덕션 데이터 크기를 고려한 테스트의 중요성**을 명확히 보여주었습니다.",
         "- [ ] ORM 쿼리 분석 자동화 (N+1 감지 도구 도입)",

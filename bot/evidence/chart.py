@@ -340,14 +340,18 @@ def render_png(data: ChartData, labels: ChartLabels, zone: tzinfo) -> bytes:
     if data.missing:
         raise ValueError(f"no chart to draw: {data.missing}")
     with _draw_lock:
-        figure = draw_figure(data, labels, zone)
-        out = io.BytesIO()
-        # No metadata: the same data gives the same bytes.
-        figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
-        del figure
-        # A figure is a web of reference cycles holding its raster (~7 MB here): collected now, not at the next
-        # full collection, so charts do not pile up in a long-running process (tens of ms).
-        gc.collect()
+        return _png_bytes(draw_figure(data, labels, zone))
+
+
+def _png_bytes(figure: Figure) -> bytes:
+    """Saves and lets go of `figure`; the caller holds `_draw_lock`."""
+    out = io.BytesIO()
+    # No metadata: the same data gives the same bytes.
+    figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
+    del figure
+    # A figure is a web of reference cycles holding its raster (~7 MB here): collected now, not at the next
+    # full collection, so charts do not pile up in a long-running process (tens of ms).
+    gc.collect()
     return out.getvalue()
 
 
@@ -459,3 +463,74 @@ def chart_data_for(ctx: Context, incident_id: int, requests: RequestLogSummary |
     return chart_data(requests, labels, window_start=window_start, window_end=window_end, milestones=milestones,
                       alert_started_at=alert_start, error_rate_max=ctx.settings.error_rate_max,
                       p95_max_ms=ctx.settings.p95_max_ms, partial=partial)
+
+
+# -- the weekly stats chart (`/incident stats`) --------------------------------------------------------------------
+
+WEEKLY_FIGSIZE_IN = (12.0, 6.75)  # 1200 × 675 px: readable in Slack's preview, a third of an evidence chart's size
+WEEKLY_BAR_COLOR = "#56B4E9"
+WEEKLY_STYLE = {
+    "detect": {"color": "#E69F00", "linestyle": "-", "linewidth": 2.2, "marker": "o"},
+    "recover": {"color": "#009E73", "linestyle": "--", "linewidth": 2.2, "marker": "s"},
+}
+
+
+@dataclass(frozen=True)
+class WeeklyChartData:
+    """Per week: its label, the incidents opened, and the medians in minutes (NaN for a week without one)."""
+
+    weeks: tuple[str, ...]
+    incidents: tuple[int, ...]
+    detect_minutes: tuple[float, ...]
+    recover_minutes: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class WeeklyChartLabels:
+    title: str
+    incidents_title: str
+    durations_title: str
+    detect: str
+    recover: str
+    footnote: str
+
+
+def render_weekly_png(data: WeeklyChartData, labels: WeeklyChartLabels) -> bytes:
+    """Incidents per week as bars above, the weekly median time to detect and to recover as lines below."""
+    with _draw_lock:
+        return _png_bytes(draw_weekly_figure(data, labels))
+
+
+def draw_weekly_figure(data: WeeklyChartData, labels: WeeklyChartLabels) -> Figure:
+    """The figure (not yet saved); callers hold `_draw_lock`. A week without a complete incident leaves a gap in
+    its line, never a zero."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.ticker import MaxNLocator
+
+    families = _families()
+    font: dict[str, Any] = {"fontfamily": families}
+    figure = Figure(figsize=WEEKLY_FIGSIZE_IN, dpi=DPI)
+    FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=0.07, right=0.975, top=0.87, bottom=0.14, hspace=0.3)
+    ax_count, ax_time = figure.subplots(2, 1, sharex=True)
+    figure.suptitle(_text(labels.title), x=0.07, ha="left", fontsize=14, **font)
+    x = list(range(len(data.weeks)))
+    ax_count.bar(x, data.incidents, color=WEEKLY_BAR_COLOR, width=0.6)
+    ax_count.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    ax_count.set_ylim(0, max([*data.incidents, 1]) * 1.2)
+    ax_count.set_title(_text(labels.incidents_title), loc="left", fontsize=11, **font)
+    for name, values, label in (("detect", data.detect_minutes, labels.detect),
+                                ("recover", data.recover_minutes, labels.recover)):
+        ax_time.plot(x, list(values), label=_text(label), markersize=5, **WEEKLY_STYLE[name])
+    finite = [v for v in (*data.detect_minutes, *data.recover_minutes) if math.isfinite(v)]
+    ax_time.set_ylim(0, max([*finite, 1.0]) * 1.4)  # room above the highest point for the legend
+    ax_time.set_title(_text(labels.durations_title), loc="left", fontsize=11, **font)
+    ax_time.legend(loc="upper right", frameon=False, prop=FontProperties(family=families, size=10))
+    ax_time.set_xticks(x, [_text(week) for week in data.weeks], fontsize=9, **font)
+    for ax in (ax_count, ax_time):
+        ax.grid(True, axis="y", color="#E5E5E5", linewidth=0.8)
+        ax.set_axisbelow(True)
+    figure.text(0.07, 0.015, _text(labels.footnote), fontsize=9, color="#444444", wrap=True, **font)
+    return figure

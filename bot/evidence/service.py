@@ -138,6 +138,7 @@ class Target:
     opened_at: datetime
     recovered_at: datetime | None
     rollback_at: datetime | None = None
+    announced: bool = True  # False while the announcement (the home's first post) is not on record
 
 
 def load_target(ctx: Context, incident_id: int) -> Target | None:
@@ -146,8 +147,9 @@ def load_target(ctx: Context, incident_id: int) -> Target | None:
         service = service_of(incident, ctx.settings)
         if not service:
             return None
-        return Target(incident.id, incident.public_id, incident.channel_id, incident.announcement_ts, service,
-                      incident.deployed_at, incident.opened_at, incident.recovered_at, incident.rollback_at)
+        return Target(incident.id, incident.public_id, incident.channel_id, incident.home_thread_ts, service,
+                      incident.deployed_at, incident.opened_at, incident.recovered_at, incident.rollback_at,
+                      announced=incident.announcement_ts is not None)
 
 
 @dataclass
@@ -171,7 +173,7 @@ class _Thread:
         self.error: str | None = None
 
     def progress(self, text: str) -> None:
-        if self.target.thread_ts is None:
+        if not self.target.announced:
             self.error = "announcement_not_posted"
             return
         try:
@@ -182,7 +184,7 @@ class _Thread:
             self.error = error.kind
 
     def show(self, message: RenderedMessage) -> None:
-        if self.target.thread_ts is None:
+        if not self.target.announced:
             return
         if self.ts is not None:
             try:

@@ -22,7 +22,17 @@ from bot.sanitize import clean_text
 from handlers import replays as replay_guard
 
 # Importing the per-domain modules fills the subcommand tables of handlers/commands/base.py.
-from handlers.commands import evidence, incident, lifecycle, pm_content, postmortem, reminders, rollback  # noqa: F401
+from handlers.commands import (  # noqa: F401
+    evidence,
+    github,
+    incident,
+    lifecycle,
+    pm_content,
+    postmortem,
+    reminders,
+    rollback,
+    stats,
+)
 from handlers.commands.access import answer_after_lookup
 from handlers.commands.base import (
     INCIDENT_SUBCOMMANDS,
@@ -41,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # Subcommands that only answer the person who typed them: never rate limited. `open` has a budget of its own, and
 # every other subcommand counts against the budget of the commands that post to the channel.
-READ_ONLY_SUBCOMMANDS = frozenset({"", "help", "list", "timeline", "actions", "edit"})
+READ_ONLY_SUBCOMMANDS = frozenset({"", "help", "list", "timeline", "actions", "edit", "stats"})
 
 
 def rate_budget(group: str, sub: str) -> str | None:
@@ -141,6 +151,11 @@ def _expire(ctx: Context) -> None:
 
 def register(app: App, ctx: Context) -> None:
     ctx.hooks.on_sweep.register(_expire)
+
+    # Before the general listener: Bolt runs the first whose matchers pass.
+    @app.command("/incident", matchers=[incident.wants_form])
+    def incident_open_form(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        incident.open_form(ctx, body, ack, respond)
 
     @app.command("/incident")
     def incident_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:

@@ -1,16 +1,22 @@
-"""`/incident open` and `/incident help`."""
+"""`/incident open` and `/incident help`; `/incident open` with nothing after it opens the declare form."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from slack_bolt import Respond
+from slack_bolt import Ack, Respond
 
-from bot import incidents
+from bot import channels, declare, incidents
 from bot.context import Context
-from bot.parsing import parse_open
+from bot.parsing import parse_open, split_command
 from bot.ports import MessengerError
+from bot.sanitize import clean_text
+from handlers import modals
+from handlers.blocks import declare as declare_blocks
 from handlers.commands.base import Answer, CommandRequest, incident_subcommand, tell
+from storage.models import Incident
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +36,50 @@ def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         )
     # Only once the incident is committed: the post, and what reacts to it, find its row.
     ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond)
-    return Answer(text=ctx.say("incident.open_ack", public_id=incident.public_id))
+    return Answer(text=opened_answer(ctx, incident))
+
+
+def opened_answer(ctx: Context, incident: Incident) -> str:
+    """What the person who opened `incident` is told, by the command or by the declare form."""
+    ack = "channels.open_ack" if incident.mode == channels.CHANNEL else "incident.open_ack"
+    return ctx.say(ack, public_id=incident.public_id)
 
 
 def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond) -> None:
+    announce_telling(ctx, incident_id, public_id, lambda text: tell(respond, text))
+
+
+def announce_telling(ctx: Context, incident_id: int, public_id: str, told: Callable[[str], object]) -> None:
+    """Posts the announcement; a failure is `told` to the person who opened the incident."""
     # post_announcement fires on_announced itself when this call is the one that put the post on record.
     try:
         incidents.post_announcement(ctx, incident_id)
     except MessengerError as error:
         # Slack may have posted it: "failed" would be wrong, and the sweep finishes it once, whichever it was.
         outcome = "incident.announce_pending" if error.outcome_unknown else "incident.announce_failed"
-        tell(respond, ctx.say(outcome, public_id=public_id, reason=error.kind))
+        told(ctx.say(outcome, public_id=public_id, reason=error.kind))
+
+
+# ---- `/incident open` without a title: the declare form ------------------------------------------------------
+
+
+def wants_form(body: dict[str, Any]) -> bool:
+    """`/incident open` and nothing else, with the trigger a modal needs: the form rather than the usage."""
+    parsed = split_command(clean_text(str(body.get("text") or "")))
+    return parsed.sub == "open" and not parsed.rest and parsed.incident_id is None and bool(body.get("trigger_id"))
+
+
+def open_form(ctx: Context, body: dict[str, Any], ack: Ack, respond: Respond) -> None:
+    """Opens the declare form first thing (nothing is read or stored before it); its submission declares in the
+    command's channel (handlers/views/declare.py)."""
+    form = declare.form(ctx, str(body.get("user_id") or ""), declare.channel_id(str(body.get("channel_id") or "")))
+    opening = modals.open_at_once(
+        ctx, body.get("trigger_id"), declare_blocks.declare_modal(form),
+        late=lambda error: tell(respond, ctx.say("declare.modal_failed", reason=error.kind)),
+    )
+    if opening.opened:
+        ack()
+    elif opening.outcome == "slow":
+        ack(response_type="ephemeral", text=ctx.say("declare.modal_slow"))
+    else:
+        ack(response_type="ephemeral", text=ctx.say("declare.modal_failed", reason=opening.reason))

@@ -33,6 +33,6 @@ def report(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
 
 def _deliver(ctx: Context, delivery: reports.Delivery, respond: Respond) -> None:
     try:
-        reports.deliver(ctx, delivery)
+        reports.deliver(ctx, delivery, tell=lambda text: tell(respond, text))
     except MessengerError as error:
         tell(respond, ctx.say("postmortem.report_failed", filename=delivery.filename, reason=error.kind))
