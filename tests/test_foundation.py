@@ -36,7 +36,9 @@ def test_open_posts_the_guides_announcement_and_acks_ephemerally(bot: LocalBot) 
     assert "다음 단계" in text and "Post-Mortem 회의 (2시간 후)" in text
     with bot.ctx.db.session() as session:
         incident = session.scalars(select(Incident)).one()
-        meeting = incident.meeting_at.strftime("%H:%M")
+        # The date is shown when the meeting falls on another day than the open (e.g. opened after 22:00 UTC).
+        spans_days = incident.meeting_at.date() != incident.opened_at.date()
+        meeting = incident.meeting_at.strftime("%Y-%m-%d %H:%M" if spans_days else "%H:%M")
         assert incident.announcement_ts == post.response["ts"]
         assert (incident.meeting_at - incident.opened_at).total_seconds() == 2 * 3600
     assert f"*Post-Mortem 회의:* {meeting} UTC" in text
