@@ -64,6 +64,7 @@ class _Lease:
     canvas_id: str | None
     shared_ts: str | None
     share_attempted_at: datetime | None
+    requested: int
 
 
 def canvas_lease(ctx: Context) -> timedelta:
@@ -86,6 +87,8 @@ def publish(ctx: Context, target: Target, document: str, render: Callable[[], st
         lease = _claim(ctx, row_id)
         if lease is None:
             return outcome
+        if lease.requested > covers:  # reports that came after this one was drawn may have changed it
+            covers, document = lease.requested, render()
         try:
             markdown = to_canvas(document, more_in_file=lambda n: ctx.say(
                 "canvas.rows_omitted", target.locale, count=n, filename=target.filename))
@@ -118,11 +121,12 @@ def _claim(ctx: Context, row_id: int) -> _Lease | None:
     with ctx.db.session() as session:
         if not claim_lease(session, ReportCanvas.claimed_until, ReportCanvas.id == row_id, now=now, until=until):
             return None
-        canvas_id, shared_ts, attempted = session.execute(
-            select(ReportCanvas.canvas_id, ReportCanvas.shared_ts, ReportCanvas.share_attempted_at)
+        canvas_id, shared_ts, attempted, requested = session.execute(
+            select(ReportCanvas.canvas_id, ReportCanvas.shared_ts, ReportCanvas.share_attempted_at,
+                   ReportCanvas.requested)
             .where(ReportCanvas.id == row_id)
         ).one()
-        return _Lease(until, canvas_id, shared_ts, attempted)
+        return _Lease(until, canvas_id, shared_ts, attempted, int(requested))
 
 
 def _release(ctx: Context, row_id: int, until: datetime) -> None:

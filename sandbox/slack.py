@@ -94,6 +94,7 @@ class _Fault:
     error: str | None = None
     retry_after: int = 1
     seconds: float = 0.0
+    until: Callable[[], bool] | None = None  # "slow": answer once this holds (at most `seconds`)
 
 
 @dataclass
@@ -1027,9 +1028,12 @@ class SlackSandbox:
     def rate_limit(self, method: str, retry_after: int = 1, times: int = 1) -> None:
         self._add_fault(method, _Fault("ratelimit", times, status=429, retry_after=retry_after))
 
-    def slow_once(self, method: str, seconds: float, times: int = 1) -> None:
-        """Delay the response of the next `times` attempts (the call itself still takes effect)."""
-        self._add_fault(method, _Fault("slow", times, seconds=seconds))
+    def slow_once(self, method: str, seconds: float, times: int = 1, *,
+                  until: Callable[[], bool] | None = None) -> None:
+        """Delay the response of the next `times` attempts (the call itself still takes effect). With `until`,
+        the response waits for it to hold instead, `seconds` at most: a test's ordering then needs no guess at
+        how fast a loaded machine is."""
+        self._add_fault(method, _Fault("slow", times, seconds=seconds, until=until))
 
     def disconnect(self, method: str, times: int = 1) -> None:
         """Close the connection without answering (for ConnectionErrorRetryHandler)."""
@@ -1078,6 +1082,11 @@ class SlackSandbox:
         delay = self._latency_for(method)
         fault = self._take_fault(method)
         if fault is None:
+            return None, delay
+        if fault.kind == "slow" and fault.until is not None:
+            deadline = time.monotonic() + fault.seconds
+            while not fault.until() and time.monotonic() < deadline:
+                time.sleep(0.02)
             return None, delay
         if fault.kind == "slow":
             return None, delay + fault.seconds

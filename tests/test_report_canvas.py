@@ -199,7 +199,8 @@ def test_a_canvas_failure_keeps_the_md_and_tells_the_person_once(bot: LocalBot, 
 def test_concurrent_and_replayed_reports_make_one_canvas_with_the_latest_content(bot: LocalBot) -> None:
     public_id, thread_ts = open_incident(bot)
     fill(bot)
-    bot.slack.slow_once("canvases.create", 0.6)  # the others come while the first holds the canvas
+    # The first holds the canvas until the others have asked for it.
+    bot.slack.slow_once("canvases.create", 8.0, until=lambda: _requests(bot) >= 4)
     assert bot.driver is not None
     first, body, headers = captured(bot, lambda: bot.driver.command("/postmortem", "report"))  # type: ignore[union-attr]
     others = together([lambda: bot.driver.command("/postmortem", "report") for _ in range(3)]  # type: ignore[union-attr]
@@ -215,6 +216,11 @@ def test_concurrent_and_replayed_reports_make_one_canvas_with_the_latest_content
     # The last write was drawn after the last request: it holds the last report's own line on the timeline.
     assert canvas.markdown.count("Post-Mortem 보고서 게시") >= 3 and markdown_problems(canvas.markdown) == []
     assert told(bot) == []
+
+
+def _requests(bot: LocalBot) -> int:
+    with bot.ctx.db.read() as session:
+        return int(session.scalar(select(ReportCanvas.requested)) or 0)
 
 
 def test_a_lost_create_answer_is_never_sent_again_blind_and_the_person_is_told(bot: LocalBot) -> None:
