@@ -86,6 +86,11 @@ def is_channel_mode(incident: Incident) -> bool:
     return incident.mode == CHANNEL and incident.channel_name is not None
 
 
+def home_channel(incident: Incident) -> str | None:
+    """The incident's own channel when it lives in one, for answers that say where things went; None: its thread."""
+    return incident.channel_id if is_channel_mode(incident) else None
+
+
 def prepare(ctx: Context, incident_id: int) -> list[tuple[str, str]]:
     """Before the announcement is posted: the incident's channel (made once, or adopted), its members and topic.
     Returns who could not be invited, with Slack's reason. Raises MessengerError when Slack's answer may still

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from bot import postmortem, timeline
 from bot.context import Context
-from bot.issue_links import linkable
 from bot.jobs import after_commit
 from bot.ports import IssueTracker, IssueTrackerError, MessengerError, RemoteIssue
+from bot.render import linkable
 from bot.sanitize import clean_text
 from storage.models import ActionItem, GithubDelivery, GithubIssue, GithubRepoSync, Incident
 from storage.sql import claim_lease, upsert

@@ -22,13 +22,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from bot import github_events, postmortem
+from bot import github_events, postmortem, slack_links
 from bot.context import Context
-from bot.issue_links import linkable
 from bot.jobs import after_commit
 from bot.parsing import UsageError, decode, parse_mention
 from bot.ports import IssueTracker, IssueTrackerError, MessengerError, RemoteIssue
 from bot.reminders import retry_delay
+from bot.render import linkable
 from bot.settings import GITHUB_LOGIN
 from storage.models import ActionItem, GithubIssue, GithubLogin, Incident
 from storage.sql import claim_lease, upsert
@@ -202,9 +202,10 @@ def _create(ctx: Context, tracker: IssueTracker, creation: _Creation) -> tuple[R
 
 def _body(ctx: Context, creation: _Creation, assignee: str | None, *, refused: str | None = None) -> str:
     item, incident = creation.item, creation.incident
+    thread = slack_links.thread_link(slack_links.workspace_url(ctx), incident)
     body = ctx.renderer.markdown_template("github/issue_body.md.j2", ctx.locale).render(
         item=item, incident=incident, marker=github_events.marker(item.id), assignee=assignee, refused=refused,
-        owner_name=_owner_name(ctx, item.owner_id), thread=_thread_link(ctx, incident), fmt=ctx.formatter(),
+        owner_name=_owner_name(ctx, item.owner_id), thread=thread, fmt=ctx.formatter(),
         impact=creation.impact,
     )
     return _defuse_mentions(body)
@@ -219,19 +220,6 @@ def _owner_name(ctx: Context, owner: str | None) -> str | None:
         return ctx.messenger.user_name(owner) or owner
     except MessengerError:
         return owner
-
-
-def _thread_link(ctx: Context, incident: Incident) -> str | None:
-    """Slack's permalink form, https://<workspace>.slack.com/archives/<channel>/p<ts without its dot>."""
-    if incident.announcement_ts is None:
-        return None
-    try:
-        workspace = ctx.messenger.workspace_url
-    except MessengerError:
-        return None
-    if not workspace:
-        return None
-    return f"{workspace.rstrip('/')}/archives/{incident.channel_id}/p{incident.announcement_ts.replace('.', '')}"
 
 
 def _defuse_mentions(text: str) -> str:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, case, select
 from sqlalchemy.orm import Session
 
-from bot import access, stats
+from bot import access, slack_links, stats
 from bot.context import Context
 from bot.parsing import CLOSED_STATUSES
 from bot.ports import MessengerError
@@ -110,7 +110,7 @@ class HomeView:
 
 def build(ctx: Context, user_id: str) -> HomeData:
     """Reads what `user_id` may see (asking Slack, off any transaction, when their channels are not cached)."""
-    workspace = _workspace_url(ctx)
+    workspace = slack_links.workspace_url(ctx)
     try:
         with ctx.db.read() as session:
             return _gather(ctx, session, user_id, workspace, public_only=False)
@@ -158,7 +158,7 @@ def _gather(ctx: Context, session: Session, user_id: str, workspace: str | None,
 
     incidents = [
         HomeIncident(i.public_id, i.title, i.severity, i.status, max(now - i.opened_at, timedelta(0)), lead,
-                     _thread_link(workspace, i.channel_id, i.announcement_ts))
+                     slack_links.thread_link(workspace, i))
         for i, lead in open_rows if i.channel_id in seen
     ]
     items = [
@@ -176,21 +176,6 @@ def _gather(ctx: Context, session: Session, user_id: str, workspace: str | None,
 def _public(session: Session, channels: set[str]) -> set[str]:
     return set(session.scalars(select(ChannelVisibility.channel_id).where(
         ChannelVisibility.channel_id.in_(channels), ChannelVisibility.is_private.is_(False))))
-
-
-def _workspace_url(ctx: Context) -> str | None:
-    try:
-        return ctx.messenger.workspace_url or None
-    except MessengerError as error:
-        log.warning("workspace URL unavailable (%s); the home shows no links", error.kind)
-        return None
-
-
-def _thread_link(workspace: str | None, channel: str, ts: str | None) -> str | None:
-    """Slack's permalink form: https://<workspace>.slack.com/archives/<channel>/p<ts without its dot>."""
-    if not workspace or not ts:
-        return None
-    return f"{workspace.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
 
 
 def view(ctx: Context, data: HomeData) -> HomeView:

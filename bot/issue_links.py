@@ -5,26 +5,19 @@ keeps the rows."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.render import linkable
 from storage.models import ActionItem, GithubIssue
-
-# A URL GitHub gave us goes into Slack's `<url|#12>` and a Markdown link: nothing that could end either.
-LINKABLE = re.compile(r"https?://[^\s<>|()\[\]]+")
 
 
 @dataclass(frozen=True)
 class IssueLink:
     number: int
     url: str | None  # None when GitHub's answer held no URL we would put in a link
-
-
-def linkable(url: str | None) -> str | None:
-    return url if url and LINKABLE.fullmatch(url) else None
 
 
 def for_item(session: Session, item_id: int) -> IssueLink | None:

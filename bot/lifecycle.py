@@ -31,7 +31,7 @@ from typing import Any, TypedDict
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from bot import durations, incidents, timeline
+from bot import channels, durations, incidents, timeline
 from bot.access import Asker
 from bot.context import Context
 from bot.durations import OrderConflict
@@ -534,12 +534,13 @@ def post_notice(ctx: Context, incident_id: int, notice: str, actor: str | None, 
             durations=durations.compute(incident), fmt=ctx.formatter(),
         )
         channel, thread_ts, public_id = incident.channel_id, incident.home_thread_ts, incident.public_id
+        home = channels.home_channel(incident)
     try:
         ctx.messenger.post_message(channel, text, thread_ts=thread_ts)
     except MessengerError as error:
         log.warning("thread notice failed: %s", error.kind)
         if report is not None:
-            report(ctx.say("lifecycle.notice_failed", public_id=public_id, reason=error.kind))
+            report(ctx.say("lifecycle.notice_failed", public_id=public_id, reason=error.kind, home=home))
 
 
 # ---- views: /incident timeline and /incident list ------------------------------------------------------------

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
-from bot import incidents, ingest, lifecycle, timeline
+from bot import channels, incidents, ingest, lifecycle, timeline
 from bot.context import Context
 from bot.parsing import CLOSED_STATUSES
 from bot.ports import ChatMessage, MessengerError
@@ -141,7 +141,7 @@ def _known(session: Session, channel: str, ts: str) -> Located | None:
     if incident is not None:
         return Located(incident.id, None, True)
     row = session.execute(
-        select(TimelineEvent.id, TimelineEvent.kind, Incident.id, Incident.announcement_ts)
+        select(TimelineEvent.id, TimelineEvent.kind, Incident.id, Incident.announcement_ts, Incident.mode)
         .join(Incident, Incident.id == TimelineEvent.incident_id)
         .where(TimelineEvent.slack_channel == channel, TimelineEvent.slack_ts == ts,
                TimelineEvent.deleted_at.is_(None))
@@ -150,9 +150,11 @@ def _known(session: Session, channel: str, ts: str) -> Located | None:
     ).first()
     if row is None:
         return None
-    event_id, kind, incident_id, announcement_ts = row
+    event_id, kind, incident_id, announcement_ts, mode = row
     in_thread = kind == "message"
-    return Located(incident_id, announcement_ts if in_thread else None, in_thread, event_id=event_id)
+    # A reply is answered in its incident's thread; in channel mode the channel is the home, so at its top level.
+    context = announcement_ts if in_thread and mode != channels.CHANNEL else None
+    return Located(incident_id, context, in_thread, event_id=event_id)
 
 
 def _single_open(session: Session, channel: str) -> int | None:

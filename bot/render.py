@@ -74,6 +74,15 @@ _CHARACTER_REFERENCE = re.compile(r"&(?=#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Z
 _LEADING_QUOTE = re.compile(r"^(\s*)>")
 
 
+# A URL from outside (GitHub's issue URL, Slack's permalink) goes into Slack's `<url|label>` and a Markdown link
+# `[label](url)`, in a table cell too: nothing that could end either.
+LINKABLE = re.compile(r"https?://[^\s<>|()\[\]]+")
+
+
+def linkable(url: object) -> str | None:
+    return url if isinstance(url, str) and LINKABLE.fullmatch(url) else None
+
+
 def markdown_escape(value: object) -> str:
     """Text in a Markdown file, by Markdown's rules rather than Slack's: `<` becomes `&lt;`, so nothing typed
     opens an HTML tag or an autolink, and `&` only where it would start a character reference, so what was
@@ -210,7 +219,7 @@ def _make_env(escape: Any, catalogue: gettext.NullTranslations) -> Environment:
     )
     env.filters.update(
         cell=markdown_cell, mdline=markdown_line, line=slack_line, mention=mention, channel=channel_link, raw=raw,
-        clip=slack_clip,
+        clip=slack_clip, url=linkable,
     )
     # Our own callables rather than install_gettext_translations: Jinja's newstyle ones escape values only
     # under autoescape, and then by HTML's rules, not by this output's `escape`.

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from bot import checklist, durations, issue_links, postmortem, timeline
 from bot.context import Context
 from bot.pm_parsing import headline_parts, why_parts
-from bot.render import markdown_escape
+from bot.render import linkable, markdown_escape
 from bot.timefmt import TimeFormatter
 from storage.models import ActionItem, ChecklistItem, Incident, Note, RoleAssignment, TimelineEvent, Why
 
@@ -85,6 +85,7 @@ def _timeline_rows(
     """
     events_module = ctx.renderer.markdown_template("_events.j2", locale).module
     describe = events_module.describe  # type: ignore[attr-defined]  # Jinja2 makes macros attributes at run time
+    source_label = _cell(str(events_module.source_label()).strip())  # type: ignore[attr-defined]
     query = timeline.timeline_rows_query(incident_id).with_only_columns(
         TimelineEvent.kind, type_coerce(TimelineEvent.occurred_at, String), TimelineEvent.author_id,
         TimelineEvent.author_name, TimelineEvent.text, type_coerce(TimelineEvent.highlighted, Integer),
@@ -110,6 +111,10 @@ def _timeline_rows(
                 description = cell(str(describe(event)).strip())
             else:
                 description = cell((text or "").strip())
+            if data is not None and "permalink" in data:  # a message added from its menu: link to where it was
+                source = linkable((_json(data) or {}).get("permalink"))
+                if source:
+                    description = f"{description} ([{source_label}]({source}))"
             if highlighted or kind == "pin":
                 description = "📌 " + description
             who = people.get((author_id, author_name, system))

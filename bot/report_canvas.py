@@ -218,17 +218,23 @@ def _failed(ctx: Context, target: Target, row_id: int, lease: _Lease, error: Mes
     return Outcome(canvas_id, created, failure=error, stage=stage)
 
 
-def failure_message(ctx: Context, outcome: Outcome) -> str | None:
+def home_channel(target: Target) -> str | None:
+    """The incident's own channel when the report went to its top level (channel mode), for the words of an answer."""
+    return target.channel if target.thread_ts is None else None
+
+
+def failure_message(ctx: Context, outcome: Outcome, target: Target) -> str | None:
     """What the person who asked for the report is told about its canvas; None when all went well."""
     error = outcome.failure
     if error is None:
         return None
+    home = home_channel(target)
     if error.kind in NOT_PERMITTED:
-        return ctx.say("canvas.not_permitted", reason=error.kind)
+        return ctx.say("canvas.not_permitted", reason=error.kind, home=home)
     if error.kind in UNAVAILABLE:
-        return ctx.say("canvas.unavailable", reason=error.kind)
+        return ctx.say("canvas.unavailable", reason=error.kind, home=home)
     if outcome.stage == "create" and (error.outcome_unknown or error.kind in _TRANSIENT):
-        return ctx.say("canvas.unconfirmed", reason=error.kind)
+        return ctx.say("canvas.unconfirmed", reason=error.kind, home=home)
     if outcome.stage == "share":
-        return ctx.say("canvas.not_shared", reason=error.kind)
-    return ctx.say("canvas.failed", reason=error.kind)
+        return ctx.say("canvas.not_shared", reason=error.kind, home=home)
+    return ctx.say("canvas.failed", reason=error.kind, home=home)

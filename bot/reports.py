@@ -117,10 +117,10 @@ def _write_canvas(ctx: Context, target: report_canvas.Target, document: str, cha
     try:
         outcome = report_canvas.publish(ctx, target, document, lambda: render_report(
             ctx, target.incident_id, target.locale, chart_file=chart_file))
-        message = report_canvas.failure_message(ctx, outcome)
+        message = report_canvas.failure_message(ctx, outcome, target)
     except Exception:
         log.exception("the report canvas of %s could not be written", target.public_id)
-        message = ctx.say("canvas.failed", reason="error")
+        message = ctx.say("canvas.failed", reason="error", home=report_canvas.home_channel(target))
     if message is not None and tell is not None:
         tell(message)
 

@@ -29,7 +29,7 @@ from google.cloud import run_v2
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from bot import lifecycle, reminders, timeline
+from bot import channels, lifecycle, reminders, timeline
 from bot.context import Context
 from bot.evidence import service as evidence
 from bot.evidence.analysis import short_revision
@@ -258,6 +258,7 @@ def proposal_view(ctx: Context, session: Session, row: Rollback) -> RollbackProp
         ctx, "rollback.proposal", r=row, public_id=incident.public_id, before=before, after=after,
         fmt=fmt, with_date=fmt.spans_days(times), confirmers=allowed, console_url=console_url(ctx, row.service),
         wait=fmt.duration(OPERATION_WAIT), permission=UPDATE_PERMISSION, role=UPDATE_ROLE,
+        home=channels.home_channel(incident),
     )
     confirmation = None
     if row.status == PROPOSED:
@@ -379,7 +380,8 @@ def confirm(ctx: Context, rollback_id: int, user_id: str, user_name: str | None,
         if not allowed.allows(user_id):
             return Refusal("not_allowed", {"roles": allowed.roles, "users": allowed.users})
         if row.status != PROPOSED:
-            return Refusal(row.status, {"by": row.confirmed_by, "at": row.confirmed_at})
+            return Refusal(row.status, {"by": row.confirmed_by, "at": row.confirmed_at,
+                                        "home": channels.home_channel(incident)})
         if not claim_lease(session, Rollback.claimed_until, Rollback.id == rollback_id, Rollback.status == PROPOSED,
                            now=now, until=now + CLAIM_LEASE):
             return Refusal(REQUESTED, {"by": None, "at": None})  # someone else's click won

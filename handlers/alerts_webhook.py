@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import alerts
 from bot.context import Context
 from bot.logsetup import outage_log
-from handlers.guards import MAX_BODY_BYTES, SetWhenClosed, json_answer, read_body
+from handlers.guards import Refused, SetWhenClosed, json_answer, require_post, webhook_body
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,14 @@ def make_webhook(ctx: Context) -> WSGIApp:
         token = ctx.settings.alert_webhook_token
         if not token:
             return json_answer(start_response, "404 Not Found", {"error": "not found"})
-        if environ.get("REQUEST_METHOD") != "POST":
-            return json_answer(start_response, "405 Method Not Allowed", {"error": "POST only"}, [("Allow", "POST")])
-        if not authorized(environ, token):
-            return json_answer(start_response, "401 Unauthorized", {"error": "missing or wrong token"},
-                           [("WWW-Authenticate", 'Basic realm="incident-bot alerts"')])
         try:
-            raw = read_body(environ, MAX_BODY_BYTES)
-        except ValueError:
-            return json_answer(start_response, "400 Bad Request", {"error": "bad content length"})
-        if raw is None:
-            return json_answer(start_response, "413 Content Too Large", {"error": "body over 1 MiB"})
+            require_post(environ)
+            if not authorized(environ, token):  # before the body is read: a stranger's body is never looked at
+                raise Refused("401 Unauthorized", "missing or wrong token",
+                              [("WWW-Authenticate", 'Basic realm="incident-bot alerts"')])
+            raw = webhook_body(environ)
+        except Refused as refused:
+            return refused.answer(start_response)
         try:
             notification = alerts.parse_notification(raw)
         except alerts.NotANotification as error:

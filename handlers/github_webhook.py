@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import github_events
 from bot.context import Context
 from bot.logsetup import outage_log
-from handlers.guards import MAX_BODY_BYTES, SetWhenClosed, json_answer, read_body
+from handlers.guards import Refused, SetWhenClosed, json_answer, require_post, webhook_body
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,11 @@ def make_webhook(ctx: Context) -> WSGIApp:
         secret = ctx.settings.github_webhook_secret
         if not secret or not ctx.settings.github_enabled:
             return json_answer(start_response, "404 Not Found", {"error": "not found"})
-        if environ.get("REQUEST_METHOD") != "POST":
-            return json_answer(start_response, "405 Method Not Allowed", {"error": "POST only"}, [("Allow", "POST")])
         try:
-            raw = read_body(environ, MAX_BODY_BYTES)
-        except ValueError:
-            return json_answer(start_response, "400 Bad Request", {"error": "bad content length"})
-        if raw is None:
-            return json_answer(start_response, "413 Content Too Large", {"error": "body over 1 MiB"})
+            require_post(environ)
+            raw = webhook_body(environ)
+        except Refused as refused:
+            return refused.answer(start_response)
         if not signed(raw, str(environ.get("HTTP_X_HUB_SIGNATURE_256", "")), secret):
             return json_answer(start_response, "401 Unauthorized", {"error": "missing or wrong signature"})
         event = str(environ.get("HTTP_X_GITHUB_EVENT", ""))

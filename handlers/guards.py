@@ -80,6 +80,33 @@ def read_body(environ: dict[str, Any], max_body: int) -> bytes | None:
     return b""
 
 
+class Refused(Exception):
+    """A plain WSGI route's refusal (the alert and GitHub webhooks), answered as JSON with the reason."""
+
+    def __init__(self, status: str, error: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.headers = status, error, headers
+
+    def answer(self, start_response: Callable[..., Any]) -> list[bytes]:
+        return json_answer(start_response, self.status, {"error": self.error}, self.headers)
+
+
+def require_post(environ: dict[str, Any]) -> None:
+    if environ.get("REQUEST_METHOD") != "POST":
+        raise Refused("405 Method Not Allowed", "POST only", [("Allow", "POST")])
+
+
+def webhook_body(environ: dict[str, Any]) -> bytes:
+    """A webhook's raw body, at most MAX_BODY_BYTES: Refused (400, 413) otherwise, before anything is stored."""
+    try:
+        raw = read_body(environ, MAX_BODY_BYTES)
+    except ValueError:
+        raise Refused("400 Bad Request", "bad content length") from None
+    if raw is None:
+        raise Refused("413 Content Too Large", "body over 1 MiB")
+    return raw
+
+
 class GuardedRequestHandler(SlackRequestHandler):
     """Bolt's WSGI adapter behind a preflight, so hostile input gets a 4xx and never reaches a listener.
 

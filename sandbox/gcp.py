@@ -30,9 +30,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from typing import Any
 
+from sandbox.json_server import Answer, JsonServer, RecordedRequest
 from sandbox.monitoring import MonitoringSandbox
 
 REQUESTS_LOG = "run.googleapis.com%2Frequests"
@@ -515,16 +516,6 @@ def _meta(entry: dict[str, Any]) -> _Meta:
 # -- server ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str
-    query: str
-    body: Any
-    time: float
-    status: int
-
-
 @dataclass
 class _Fault:
     prefix: str
@@ -553,42 +544,6 @@ class _Index:
             with self._lock:
                 self._matches[filter_text] = hit
         return hit
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, so every response carries an exact Content-Length
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def _dispatch(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        status, body = self.server.sandbox._handle(method, self.path, raw)
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client gave up (timeout tests)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    sandbox: GcpSandbox
 
 
 UPDATE_DENIED = ("Permission 'run.services.update' denied on resource '{name}' (or resource may not exist).")
@@ -640,23 +595,15 @@ class GcpSandbox:
         self._indexes: list[_Index] = []
         self._run = _CloudRun()
         self.monitoring = MonitoringSandbox(self.scenario, host=host)
-        self._server = _Server((host, port), _Handler)
-        self._server.sandbox = self
-        # close() waits for the serve loop's next poll: the default 0.5 s added that to every test's teardown.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="gcp-sandbox", daemon=True)
-        self._thread.start()
+        self._server = JsonServer(self._respond, host=host, port=port, name="gcp-sandbox")
         self._index()  # build now so the first request is not slower than the rest
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.base_url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.close()
         self.monitoring.close()
 
     def __enter__(self) -> GcpSandbox:
@@ -744,6 +691,10 @@ class GcpSandbox:
                 self._indexes = [index, *self._indexes[:1]]
         return index
 
+    def _respond(self, method: str, raw_path: str, raw: bytes, _headers: Message) -> Answer:
+        status, body = self._handle(method, raw_path, raw)
+        return status, body, {}
+
     def _handle(self, method: str, raw_path: str, raw: bytes) -> tuple[int, bytes]:
         path, _, query = raw_path.partition("?")
         try:
@@ -767,7 +718,7 @@ class GcpSandbox:
         else:
             status, payload = self._route(method, path, body, query)
         with self._lock:
-            self._requests.append(RecordedRequest(method, path, query, body, time.time(), status))
+            self._requests.append(RecordedRequest(method, path, query, body, status, time=time.time()))
         return status, payload
 
     def _route(self, method: str, path: str, body: Any, query: str = "") -> tuple[int, bytes]:

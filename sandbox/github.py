@@ -30,25 +30,18 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import requests
 
+from sandbox.json_server import Answer, JsonServer, RecordedRequest
+
 JSONDict = dict[str, Any]
 DOCS = "https://docs.github.com/rest"
 CORE_LIMIT = 5000
 SEARCH_LIMIT = 30  # per minute, GitHub's authenticated search budget
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str
-    query: str
-    body: Any
-    status: int
 
 
 @dataclass(frozen=True)
@@ -109,48 +102,6 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def _dispatch(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        answer = self.server.sandbox._handle(method, self.path, raw, self.headers.get("Authorization", ""))
-        if answer is None:  # the request was carried out, and its answer is lost: the connection just closes
-            self.close_connection = True
-            return
-        status, body, headers = answer
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    sandbox: GithubSandbox
-
-
 @dataclass
 class _Webhook:
     url: str
@@ -180,16 +131,11 @@ class GithubSandbox:
 
     def __post_init__(self) -> None:
         self._budgets = {"core": _Budget(CORE_LIMIT, 3600.0), "search": _Budget(SEARCH_LIMIT, 60.0)}
-        self._server = _Server((self.host, 0), _Handler)
-        self._server.sandbox = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="github-sandbox", daemon=True)
-        self._thread.start()
+        self._server = JsonServer(self._respond, host=self.host, name="github-sandbox")
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.base_url
 
     def env(self) -> dict[str, str]:
         """The settings that point the app at this sandbox."""
@@ -197,9 +143,7 @@ class GithubSandbox:
 
     def close(self) -> None:
         self.wait_deliveries()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.close()
 
     def __enter__(self) -> GithubSandbox:
         return self
@@ -307,8 +251,8 @@ class GithubSandbox:
 
     # ---- the API --------------------------------------------------------------------------------------------------
 
-    def _handle(self, method: str, raw_path: str, raw: bytes,
-                authorization: str) -> tuple[int, bytes, dict[str, str]] | None:
+    def _respond(self, method: str, raw_path: str, raw: bytes, request_headers: Message) -> Answer:
+        authorization = request_headers.get("Authorization", "")
         path, _, query = raw_path.partition("?")
         try:
             body = json.loads(raw) if raw else None

@@ -472,3 +472,85 @@ def test_incidents_keep_the_mode_they_were_opened_in_when_the_setting_flips(
         assert incident(bot).mode == "channel" and len(slack.channel_admin.created()) == 1
     finally:
         bot.stop()
+
+
+# ---- where the answers say things went -------------------------------------------------------------------------------
+
+
+ACKS = [("/incident", "status resolved"), ("/incident", "status investigating"), ("/incident", "milestone resolved"),
+        ("/postmortem", "checklist"), ("/postmortem", 'action P1 "canary 자동 중단"'), ("/postmortem", "report")]
+
+
+@pytest.mark.parametrize("locale", ["ko", "en"])
+@pytest.mark.parametrize("mode", ["thread", "channel"])
+def test_command_answers_name_the_incidents_channel_or_its_thread(
+    mode: str, locale: str, slack: SlackSandbox, database_url: str, clock: ManualClock, bot_env: dict[str, str],
+) -> None:
+    bot = start(slack, database_url, clock, {"INCIDENT_CHANNEL_MODE": mode, "INCIDENT_LOCALE": locale, **bot_env})
+    try:
+        open_incident(bot, "추천 API p95 급증")
+        here = incident(bot).channel_id  # its own channel, or where it was declared (thread mode)
+        answers = [command(bot, text, channel=here, name=name)["text"] for name, text in ACKS]
+    finally:
+        bot.stop()
+    closed, reopened, resolved, checklist, action, report = answers
+    thread = "스레드" if locale == "ko" else "the thread"
+    if mode == "channel":
+        assert all(f"<#{here}>" in answer and thread not in answer for answer in answers), answers
+    else:
+        assert all(thread in answer and "<#" not in answer for answer in answers), answers
+    where = {("channel", "ko"): f"<#{here}> 채널", ("channel", "en"): f"<#{here}>",
+             ("thread", "ko"): "스레드", ("thread", "en"): "the thread"}[mode, locale]
+    if locale == "ko":  # the same sentence, only the place differs
+        assert closed.endswith(f"{where}에도 알렸습니다.") and reopened.endswith(f"{where}에도 알렸습니다.")
+        assert f"사건을 해결됨으로 바꾸고 {where}에 알렸습니다." in resolved
+        assert checklist.strip() == f"Post-Mortem 체크리스트를 {where}에 올리고 있습니다…"
+        assert f"{where}에 버튼(진행 중 / 완료 / 다시 열기)과 함께 올립니다." in action
+        assert report.strip().endswith(f"{where}에 올리고 있습니다…")
+    else:
+        assert closed.endswith(f"I've said so in {where}.") and reopened.endswith(f"I've said so in {where}.")
+        assert f"The incident is now resolved; I've said so in {where}." in resolved
+        assert checklist.strip() == f"Posting the post-mortem checklist to {where}…"
+        assert f"Posting it to {where} with In progress / Done / Reopen buttons." in action
+        assert report.strip().endswith(f"and posting it to {where}…")
+
+
+def test_a_refused_milestone_reaction_in_the_channel_is_explained_in_the_channel(bot: LocalBot) -> None:
+    open_incident(bot, "결제 장애")
+    found = incident(bot)
+    home = found.channel_id
+    before_detected = f"{(T0 - timedelta(minutes=10)).timestamp():.6f}"
+    early = bot.slack.add_message(home, "U0GITCO", "트래픽 복구 확인", ts=before_detected)
+    assert bot.driver.deliver(home, early).status_code == 200
+    bot.settle()
+    assert ("message", "U0GITCO", "트래픽 복구 확인") in [row[:3] for row in timeline(bot)]
+    assert bot.driver.react(home, early["ts"], "U0GITCO", "white_check_mark").status_code == 200
+    bot.settle()
+    [refusal] = bot.slack.ephemerals(user="U0GITCO")
+    # At the channel's top level, where everything of the incident is, not in the announcement's thread.
+    assert refusal["channel"] == home and refusal.get("thread_ts") is None
+    assert found.announcement_ts is not None and incident(bot).recovered_at is None
+
+
+@pytest.mark.parametrize("locale", ["ko", "en"])
+def test_every_answer_that_says_where_results_go_names_the_channel_in_channel_mode(bot: LocalBot, locale: str) -> None:
+    """The answers whose commands need Google Cloud or a failing Slack, rendered as their commands render them."""
+    keys: dict[str, dict[str, Any]] = {
+        "evidence.capture_ack": {"public_id": "INC-1", "service": "ion-api"},
+        "evidence.already_running": {"public_id": "INC-1"},
+        "evidence.capture_not_posted": {"public_id": "INC-1", "reason": "ratelimited"},
+        "evidence.verify_ack": {"public_id": "INC-1", "service": "ion-api"},
+        "evidence.verify_not_posted": {"public_id": "INC-1", "reason": "ratelimited"},
+        "rollback.reading": {"public_id": "INC-1", "service": "ion-api"},
+        "lifecycle.notice_failed": {"public_id": "INC-1", "reason": "ratelimited"},
+        "postmortem.action_post_failed": {"reason": "ratelimited"},
+        **{f"canvas.{name}": {"reason": "ratelimited"}
+           for name in ("failed", "not_permitted", "unavailable", "unconfirmed", "not_shared")},
+    }
+    thread = "스레드" if locale == "ko" else "the thread"
+    for key, params in keys.items():
+        in_channel = bot.ctx.say(key, locale, home="C0INC42", **params)
+        assert "<#C0INC42>" in in_channel and thread not in in_channel, in_channel
+        assert thread in bot.ctx.say(key, locale, **params)
+    superseded = bot.ctx.say("rollback.refused", locale, code="superseded", params={"home": "C0INC42"})
+    assert "<#C0INC42>" in superseded and thread not in superseded

@@ -205,3 +205,35 @@ def test_a_spent_trigger_for_the_chooser_is_said_and_nothing_is_stored(bot: Loca
     bot.settle()
     assert told(bot) == bot.ctx.say("timeline_add.choose_slow")
     assert bot.slack.views() == [] and message_events(bot, note["ts"]) == []
+
+
+def _report(bot: LocalBot, locale: str) -> str:
+    response = bot.driver.command("/postmortem", f"report {locale}")
+    assert response.status_code == 200
+    bot.settle()
+    uploads = [f for f in bot.slack.files() if f["filename"].endswith(".md")]
+    return bytes(uploads[-1]["content"]).decode("utf-8")
+
+
+def test_an_added_messages_permalink_is_a_link_in_the_timeline_and_in_the_report(bot: LocalBot) -> None:
+    public_id, _ = open_incident(bot)
+    note = bot.slack.add_message(CHANNEL, "U0LEMUN", "p95 850ms > 200ms")
+    shortcut(bot, note["ts"])
+    link = permalink(CHANNEL, note["ts"])
+    shown = bot.driver.command("/incident", f"timeline {public_id}").json()["text"]
+    assert f"p95 850ms &gt; 200ms (<{link}|원본 메시지>)" in shown  # a Slack link, the text escaped as ever
+    assert f"p95 850ms > 200ms ([원본 메시지]({link}))" in _report(bot, "ko")  # a Markdown link
+    assert f"p95 850ms > 200ms ([original message]({link}))" in _report(bot, "en")
+
+
+def test_a_permalink_that_could_break_out_of_its_link_is_not_linked(bot: LocalBot) -> None:
+    public_id, _ = open_incident(bot)
+    note = bot.slack.add_message(CHANNEL, "U0LEMUN", "rollback 시작")
+    shortcut(bot, note["ts"])
+    with bot.ctx.db.session() as session:  # a stored value that would end `<url|…>` or `[…](url)` early
+        [event] = session.scalars(select(TimelineEvent).where(TimelineEvent.slack_ts == note["ts"])).all()
+        event.data = {"permalink": "https://x.slack.com/a>|<!channel>) [x](https://evil.example"}
+    shown = bot.driver.command("/incident", f"timeline {public_id}").json()["text"]
+    assert "rollback 시작 —" in shown and "<!channel>" not in shown and "원본 메시지" not in shown
+    report = _report(bot, "ko")
+    assert "rollback 시작 |" in report and "evil.example" not in report

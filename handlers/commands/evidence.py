@@ -1,15 +1,15 @@
 """`/incident evidence` and `/incident verify`: Google Cloud evidence and the rollback check, run in the
-background after the ack; results go to the incident thread."""
+background after the ack; results go to the incident's home (its thread, or its channel)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from slack_bolt import Respond
 
-from bot import incidents
+from bot import channels, incidents
 from bot.context import Context
 from bot.evidence import service
 from bot.parsing import UsageError
@@ -19,8 +19,15 @@ from handlers.commands.base import Answer, CommandRequest, incident_subcommand, 
 log = logging.getLogger(__name__)
 
 
-def _target(ctx: Context, request: CommandRequest, sub: str) -> tuple[int, str, str]:
-    """(incident id, public id, service), or UsageError saying what is missing. Stores nothing."""
+class _Target(NamedTuple):
+    incident_id: int
+    public_id: str
+    service: str
+    home: str | None  # the incident's own channel (channel mode), for the answers that say where results go
+
+
+def _target(ctx: Context, request: CommandRequest, sub: str) -> _Target:
+    """The incident and its service, or UsageError saying what is missing. Stores nothing."""
     if request.rest:
         raise UsageError("extra_text", sub, value=request.rest)
     missing = service.missing_settings(ctx.settings)
@@ -31,30 +38,33 @@ def _target(ctx: Context, request: CommandRequest, sub: str) -> tuple[int, str, 
         name = service.service_of(incident, ctx.settings)
         if not name:
             raise UsageError("evidence_no_service", sub, public_id=incident.public_id)
-        return incident.id, incident.public_id, name
+        return _Target(incident.id, incident.public_id, name, channels.home_channel(incident))
 
 
 @incident_subcommand("evidence")
 def evidence(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
-    incident_id, public_id, name = _target(ctx, request, "evidence")
-    if not service.claim(ctx, incident_id):
-        return Answer(text=ctx.say("evidence.already_running", public_id=public_id))
+    target = _target(ctx, request, "evidence")
+    if not service.claim(ctx, target.incident_id):
+        return Answer(text=ctx.say("evidence.already_running", public_id=target.public_id, home=target.home))
     ctx.jobs.submit(_run_and_report, ctx, service.capture_job, "evidence", "evidence.capture_not_posted",
-                    incident_id, public_id, request, respond)
-    return Answer(text=ctx.say("evidence.capture_ack", public_id=public_id, service=name))
+                    target, request, respond)
+    return Answer(text=ctx.say("evidence.capture_ack", public_id=target.public_id, service=target.service,
+                               home=target.home))
 
 
 @incident_subcommand("verify")
 def verify(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
-    incident_id, public_id, name = _target(ctx, request, "verify")
+    target = _target(ctx, request, "verify")
     ctx.jobs.submit(_run_and_report, ctx, service.verify, "verify", "evidence.verify_not_posted",
-                    incident_id, public_id, request, respond)
-    return Answer(text=ctx.say("evidence.verify_ack", public_id=public_id, service=name))
+                    target, request, respond)
+    return Answer(text=ctx.say("evidence.verify_ack", public_id=target.public_id, service=target.service,
+                               home=target.home))
 
 
-def _run_and_report(ctx: Context, run: Callable[..., Any], command: str, not_posted_key: str, incident_id: int,
-                    public_id: str, request: CommandRequest, respond: Respond) -> None:
+def _run_and_report(ctx: Context, run: Callable[..., Any], command: str, not_posted_key: str, target: _Target,
+                    request: CommandRequest, respond: Respond) -> None:
     """Runs a capture or a verification off the request path; tells the invoker when its post didn't land."""
+    incident_id, public_id = target.incident_id, target.public_id
     try:
         outcome = run(ctx, incident_id, actor=request.user_id, actor_name=request.user_name)
     except Exception:
@@ -62,4 +72,4 @@ def _run_and_report(ctx: Context, run: Callable[..., Any], command: str, not_pos
         tell(respond, ctx.say("evidence.failed", public_id=public_id, command=command))
         return
     if outcome.slack_error:
-        tell(respond, ctx.say(not_posted_key, public_id=public_id, reason=outcome.slack_error))
+        tell(respond, ctx.say(not_posted_key, public_id=public_id, reason=outcome.slack_error, home=target.home))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from slack_bolt import Respond
 from sqlalchemy.orm import Session
 
-from bot import durations, incidents, lifecycle
+from bot import channels, durations, incidents, lifecycle
 from bot.context import Context
 from bot.parsing import UsageError, decode, milestone_time, parse_milestone, parse_role, parse_severity, parse_status
 from handlers.commands.access import asking
@@ -40,14 +40,16 @@ def _reporter(respond: Respond) -> lifecycle.Report:
 def status(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     new = parse_status(request.rest)
     with ctx.db.session() as session:
+        incident_id = _target(ctx, session, request)
         change = lifecycle.change_status(
-            ctx, session, _target(ctx, session, request), new, actor=request.user_id, actor_name=request.user_name,
+            ctx, session, incident_id, new, actor=request.user_id, actor_name=request.user_name,
             report=_reporter(respond),
         )
+        home = channels.home_channel(session.get_one(Incident, incident_id))
     if change.outcome == "unchanged":
         return Answer(text=ctx.say("lifecycle.status_unchanged", public_id=change.public_id, status=new))
     return Answer(text=ctx.say("lifecycle.status_changed", public_id=change.public_id, old=change.old, new=new,
-                               closed=change.closed, reopened=change.reopened))
+                               closed=change.closed, reopened=change.reopened, home=home))
 
 
 @incident_subcommand("severity")
@@ -99,7 +101,7 @@ def milestone(ctx: Context, request: CommandRequest, respond: Respond) -> Answer
             answer = ctx.say(
                 "lifecycle.milestone_set", public_id=result.public_id, milestone=wanted.name, display=shown,
                 old_display=lifecycle.display(ctx, incident, result.old), d=durations.compute(incident),
-                fmt=ctx.formatter(), closed=result.closed,
+                fmt=ctx.formatter(), closed=result.closed, home=channels.home_channel(incident),
             )
     return Answer(text=answer)
 

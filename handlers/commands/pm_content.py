@@ -11,7 +11,7 @@ from typing import Any
 
 from slack_bolt import Respond
 
-from bot import incidents, pm_parsing, postmortem
+from bot import channels, incidents, pm_parsing, postmortem
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
@@ -70,19 +70,20 @@ def action(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         item = postmortem.add_action_item(
             ctx, session, incident, parsed, user_id=request.user_id, user_name=request.user_name or None
         )
-        answer = Answer(text=ctx.say("postmortem.action_added", item=item, fmt=ctx.formatter()))
+        home = channels.home_channel(incident)
+        answer = Answer(text=ctx.say("postmortem.action_added", item=item, fmt=ctx.formatter(), home=home))
         item_id = item.id
-    ctx.jobs.submit(_post_item, ctx, item_id, respond)
+    ctx.jobs.submit(_post_item, ctx, item_id, home, respond)
     return answer
 
 
-def _post_item(ctx: Context, item_id: int, respond: Respond) -> None:
+def _post_item(ctx: Context, item_id: int, home: str | None, respond: Respond) -> None:
     postmortem.remember_owner_name(ctx, item_id)
     try:
         postmortem.post_action_item(ctx, item_id)
     except MessengerError as error:
         # Stored already; the sweep posts it later (retry_unposted_action_items).
-        tell(respond, ctx.say("postmortem.action_post_failed", reason=error.kind))
+        tell(respond, ctx.say("postmortem.action_post_failed", reason=error.kind, home=home))
 
 
 @postmortem_subcommand("actions")
@@ -135,9 +136,9 @@ def checklist(ctx: Context, request: CommandRequest, respond: Respond) -> Answer
     pm_parsing.no_arguments(request.rest, "checklist")
     with ctx.db.session() as session:
         incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
-        incident_id = incident.id
+        incident_id, home = incident.id, channels.home_channel(incident)
     ctx.jobs.submit(_post_checklist, ctx, incident_id, respond)
-    return Answer(text=ctx.say("postmortem.checklist_ack"))
+    return Answer(text=ctx.say("postmortem.checklist_ack", home=home))
 
 
 def _post_checklist(ctx: Context, incident_id: int, respond: Respond) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slack_bolt import Respond
 
-from bot import incidents, reports
+from bot import channels, incidents, reports
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
@@ -25,10 +25,10 @@ def report(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         raise UsageError("bad_locale", "report", value=request.rest.strip())
     with ctx.db.session() as session:
         incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
-        incident_id, public_id = incident.id, incident.public_id
+        incident_id, public_id, home = incident.id, incident.public_id, channels.home_channel(incident)
     delivery = reports.request_report(ctx, incident_id, locale, request.user_id)
     ctx.jobs.submit(_deliver, ctx, delivery, respond)
-    return Answer(text=ctx.say("postmortem.report_ack", public_id=public_id, filename=delivery.filename))
+    return Answer(text=ctx.say("postmortem.report_ack", public_id=public_id, filename=delivery.filename, home=home))
 
 
 def _deliver(ctx: Context, delivery: reports.Delivery, respond: Respond) -> None:

@@ -10,7 +10,7 @@ import re
 
 from slack_bolt import Respond
 
-from bot import incidents, rollback
+from bot import channels, incidents, rollback
 from bot.context import Context
 from bot.evidence import service
 from bot.parsing import UsageError
@@ -42,6 +42,6 @@ def rollback_command(ctx: Context, request: CommandRequest, respond: Respond) ->
             raise UsageError("evidence_no_service", "rollback", public_id=incident.public_id)
         if not incident.is_open:
             raise UsageError("incident_closed", "rollback", incident_id=incident.public_id, status=incident.status)
-        incident_id, public_id = incident.id, incident.public_id
+        incident_id, public_id, home = incident.id, incident.public_id, channels.home_channel(incident)
     ctx.jobs.submit(rollback.propose_job, ctx, incident_id, asked, request.user_id)
-    return Answer(text=ctx.say("rollback.reading", public_id=public_id, service=name))
+    return Answer(text=ctx.say("rollback.reading", public_id=public_id, service=name, home=home))
