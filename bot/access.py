@@ -29,6 +29,7 @@ from storage.sql import upsert
 log = logging.getLogger(__name__)
 
 MEMBERSHIP_TTL = timedelta(seconds=60)
+VISIBILITY_TTL = timedelta(minutes=10)
 
 
 class AccessPending(Exception):
@@ -127,24 +128,63 @@ def look_up(ctx: Context, pending: AccessPending) -> None:
             log.warning("channel visibility lookup failed: %s", error.kind)  # stays private: members only
 
 
+class Visibilities:
+    """What this process last stored for a channel's visibility, for VISIBILITY_TTL, so that an announcement need
+    not ask Slack or write again. Only ever errs towards private: a channel known private is not asked about
+    again within the TTL (if it went public meanwhile, its incidents stay members-only a little longer), while
+    a public one is always asked (it may have gone private) and only its unchanged row is not rewritten, which
+    leaves any newer, more restrictive answer another replica stored in place."""
+
+    def __init__(self, clock: Clock, ttl: timedelta = VISIBILITY_TTL, max_entries: int = 4096) -> None:
+        self._clock, self._ttl, self._max = clock, ttl, max_entries
+        self._lock = threading.Lock()
+        self._stored: dict[str, tuple[bool, datetime]] = {}
+
+    def stored(self, channel: str) -> bool | None:
+        """is_private as this process stored it within the TTL, or None."""
+        with self._lock:
+            found = self._stored.get(channel)
+        if found is None or self._clock.now() - found[1] >= self._ttl:
+            return None
+        return found[0]
+
+    def remember(self, channel: str, is_private: bool) -> None:
+        with self._lock:
+            if len(self._stored) >= self._max:
+                self._stored.clear()  # a miss only costs one lookup
+            self._stored[channel] = (is_private, self._clock.now())
+
+
+def visibilities(ctx: Context) -> Visibilities:
+    return ctx.shared(Visibilities, lambda: Visibilities(ctx.clock))
+
+
 def record_visibility(ctx: Context, channel: str) -> None:
     """Remembers whether `channel` is private (conversations.info). Raises MessengerError."""
-    is_private = ctx.messenger.is_private_channel(channel)
+    _store_visibility(ctx, channel, ctx.messenger.is_private_channel(channel))
+
+
+def _store_visibility(ctx: Context, channel: str, is_private: bool) -> None:
     now = ctx.clock.now()
-    with ctx.db.session() as session:
-        session.execute(upsert(session, ChannelVisibility,
-                               {"channel_id": channel, "is_private": is_private, "checked_at": now},
-                               index_elements=["channel_id"], set_={"is_private": is_private, "checked_at": now}))
+    with ctx.db.statement() as connection:
+        connection.execute(upsert(ctx.db.dialect, ChannelVisibility,
+                                  {"channel_id": channel, "is_private": is_private, "checked_at": now},
+                                  index_elements=["channel_id"], set_={"is_private": is_private, "checked_at": now}))
+    visibilities(ctx).remember(channel, is_private)
 
 
-def install(ctx: Context) -> None:
-    def on_announced(ctx: Context, incident_id: int) -> None:
-        # Known at once, `/incident list` shows a public channel's incident without asking Slack again.
-        with ctx.db.read() as session:
-            channel = session.get_one(Incident, incident_id).channel_id
-        try:
-            record_visibility(ctx, channel)
-        except MessengerError as error:
-            log.warning("channel visibility lookup failed: %s", error.kind)  # counts as private until known
-
-    ctx.hooks.on_announced.register(on_announced)
+def announced_in(ctx: Context, channel: str) -> None:
+    """After an announcement in `channel`: known at once, `/incident list` shows a public channel's incident without
+    asking Slack again. Asks Slack unless the channel is known private (Visibilities)."""
+    known = visibilities(ctx)
+    stored = known.stored(channel)
+    if stored is True:
+        return
+    try:
+        is_private = ctx.messenger.is_private_channel(channel)
+    except MessengerError as error:
+        log.warning("channel visibility lookup failed: %s", error.kind)  # counts as private until known
+        return
+    if stored is False and not is_private:
+        return  # still public, as this process stored it within the TTL
+    _store_visibility(ctx, channel, is_private)

@@ -18,7 +18,7 @@ from sqlalchemy import Table, or_, select, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import channels, durations, timeline
+from bot import access, channels, durations, timeline
 from bot.access import Asker
 from bot.context import Context
 from bot.jobs import after_commit
@@ -132,13 +132,11 @@ class Claim:
     retried: bool  # an earlier claim may have posted it: look in the channel before posting
 
 
-def claim_announcement(ctx: Context, session: Session, incident_id: int) -> Claim | None:
+def claim_announcement(ctx: Context, session: Session, incident: Incident) -> Claim | None:
     """Takes the lease on posting; None when it is posted already or someone else is posting it."""
     now = ctx.clock.now()
-    posted, held_until = session.execute(
-        select(Incident.announcement_ts, Incident.announce_claimed_until).where(Incident.id == incident_id)
-    ).one()
-    if posted is not None or (held_until is not None and held_until >= now):
+    incident_id, held_until = incident.id, incident.announce_claimed_until
+    if incident.announcement_ts is not None or (held_until is not None and held_until >= now):
         return None
     until = now + announce_lease(ctx)
     # Compare-and-set on the lease we saw, so that we also learn whether anyone claimed it before us.
@@ -188,12 +186,30 @@ class _AnnouncementPost:
     since: float
 
 
-def _announcement_post(ctx: Context, incident_id: int) -> _AnnouncementPost:
-    # Rendering only reads: on SQLite a write session here would hold the write lock that opens wait for.
+def _announcement_post(ctx: Context, incident: Incident, context: dict[str, Any]) -> _AnnouncementPost:
+    return _AnnouncementPost(incident.mode, incident.channel_id,
+                             ctx.renderer.message("announcement", ctx.locale, **context),
+                             announcement_metadata(incident.public_id), incident.opened_at.timestamp())
+
+
+def _claimed(ctx: Context, incident_id: int) -> tuple[Claim, Incident, dict[str, Any]] | None:
+    """The lease, and what the announcement shows, read in the lease's one transaction. Rendered after its commit
+    (the objects outlive it, and their relationships raise rather than load): on SQLite the write lock that opens
+    wait for is held for the statements only."""
+    with ctx.db.session() as session:
+        incident = session.get(Incident, incident_id)
+        claim = None if incident is None else claim_announcement(ctx, session, incident)
+        if incident is None or claim is None:
+            return None
+        return claim, incident, announcement_context(ctx, session, incident)
+
+
+def _reread_post(ctx: Context, incident_id: int) -> _AnnouncementPost:
+    # Only reads: on SQLite a write session here would hold the write lock that opens wait for.
     with ctx.db.read() as session:
         incident = session.get_one(Incident, incident_id)
-        return _AnnouncementPost(incident.mode, incident.channel_id, render_announcement(ctx, session, incident),
-                                 announcement_metadata(incident.public_id), incident.opened_at.timestamp())
+        context = announcement_context(ctx, session, incident)
+    return _announcement_post(ctx, incident, context)
 
 
 def post_announcement(ctx: Context, incident_id: int) -> str | None:
@@ -205,24 +221,26 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
     the same. The incident stays stored and the retry sweep finishes the job, and whenever an earlier attempt
     may have posted it, looks in the channel for it (by its metadata) before posting.
     """
-    with ctx.db.session() as session:
-        claim = claim_announcement(ctx, session, incident_id)
-    if claim is None:
+    claimed = _claimed(ctx, incident_id)
+    if claimed is None:
         return None
+    claim, incident, context = claimed
     link_ts: str | None = None
     not_invited: list[tuple[str, str]] = []
     try:
         with _holding(ctx, incident_id, claim):
-            post = _announcement_post(ctx, incident_id)
-            if post.mode == channels.CHANNEL:
+            if incident.mode == channels.CHANNEL:
                 # The incident's own channel first (made once, under this lease); the announcement goes there.
                 not_invited = channels.prepare(ctx, incident_id)
-                post = _announcement_post(ctx, incident_id)
+                post = _reread_post(ctx, incident_id)
+            else:
+                post = _announcement_post(ctx, incident, context)
             channel, message, metadata = post.channel, post.message, post.metadata
             ts = ctx.messenger.find_posted(channel, metadata, since=post.since) if claim.retried else None
             if ts is None:
                 ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, metadata=metadata)
-            link_ts = channels.post_link(ctx, incident_id, look_first=claim.retried)
+            if post.mode == channels.CHANNEL:  # the link line exists in channel mode only: no read without it
+                link_ts = channels.post_link(ctx, incident_id, look_first=claim.retried)
     except MessengerError as error:
         # A post that may still land is given the time Slack needs to finish it before anyone looks.
         wait = ctx.messenger.call_budget if error.outcome_unknown else ANNOUNCE_RETRY_AFTER
@@ -233,18 +251,24 @@ def post_announcement(ctx: Context, incident_id: int) -> str | None:
                 .values(announcement_error=str(error), announce_claimed_until=ctx.clock.now() + wait)
             )
         raise
-    with ctx.db.session() as session:
-        session.execute(
+    # On record and the lease released in one statement, committed by itself.
+    with ctx.db.statement() as connection:
+        connection.execute(
             update(Incident)
             .where(Incident.id == incident_id)
             .values(announcement_ts=ts, announcement_error=None, announce_claimed_until=None, link_ts=link_ts)
         )
     channels.report_failed_invites(ctx, incident_id, not_invited)
-    try:
-        ctx.hooks.on_announced.fire(incident_id)
-    except Exception:
-        # The post is on record: a reaction's failure must not read as a failed announcement to the caller.
-        log.exception("a reaction to the announcement failed", extra={"json_fields": {"incident_db_id": incident_id}})
+    # The post is on record: a reaction's failure must not read as a failed announcement to the caller.
+    reactions = (lambda: ctx.hooks.on_announced.fire(incident_id),
+                 # Called, not hooked: here the channel is known without reading the incident again.
+                 lambda: access.announced_in(ctx, channel))
+    for react in reactions:
+        try:
+            react()
+        except Exception:
+            log.exception("a reaction to the announcement failed",
+                          extra={"json_fields": {"incident_db_id": incident_id}})
     return ts
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.orm import Session
 
 from bot.context import Context
@@ -42,23 +42,30 @@ def dedupe_key(body: dict[str, Any]) -> str | None:
 def first_delivery(session: Session, now: datetime, trigger_id: str, kind: str, user_id: str | None) -> bool:
     """Records the trigger_id; True for the one delivery that runs the request, False for a replay. On
     PostgreSQL a concurrent delivery waits here until the first one's transaction ends, then sees its row."""
+    table = cast(Table, SeenRequest.__table__)  # a Core statement: the ORM's insert bookkeeping costs the ack
     inserted = session.execute(
-        upsert(session, SeenRequest,
+        upsert(session, table,
                {"trigger_id": trigger_id, "kind": kind[:32], "received_at": now,
                 "user_id": user_id[:32] if isinstance(user_id, str) and user_id else None},
                index_elements=["trigger_id"])
-        .returning(SeenRequest.id)
+        .returning(table.c.id)
     ).first()
     return inserted is not None
 
 
 def record_answer(ctx: Context, trigger_id: str, answer: dict[str, Any]) -> None:
     with ctx.db.session() as session:
-        session.execute(
-            update(SeenRequest)
-            .where(SeenRequest.trigger_id == trigger_id, SeenRequest.answer.is_(None))
-            .values(answer=answer)
-        )
+        keep_answer(session, trigger_id, answer)
+
+
+def keep_answer(session: Session, trigger_id: str, answer: dict[str, Any]) -> None:
+    """The first answer stays: a later one (after a failure) never replaces it."""
+    session.execute(
+        update(SeenRequest).where(SeenRequest.trigger_id == trigger_id, SeenRequest.answer.is_(None))
+        .values(answer=answer)
+        # No SeenRequest is loaded in the session: matching the WHERE against its objects was most of the cost.
+        .execution_options(synchronize_session=False)
+    )
 
 
 def wait_for_answer(ctx: Context, trigger_id: str, timeout: float = WAIT_SECONDS) -> dict[str, Any] | None:

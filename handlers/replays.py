@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from bot import replays
 from bot.context import Context
+from bot.jobs import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,24 @@ class RecordingAck:
 
     def __init__(self, ctx: Context, ack: Ack, trigger_id: str) -> None:
         self._ctx, self._ack, self._trigger_id = ctx, ack, trigger_id
+        self._kept: dict[str, Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> BoltResponse:
         response = self._ack(*args, **kwargs)
         # The same ack call gives the same HTTP answer, so the call's arguments are what is kept. Stored after
         # the response is written (a job held by the caller), so it costs the ack nothing; a replay arriving
-        # meanwhile waits for it.
-        self._ctx.jobs.submit(self._record, {"args": list(args), "kwargs": kwargs})
+        # meanwhile waits for it. Not again when the request's own transaction already stored this answer.
+        answer = {"args": list(args), "kwargs": kwargs}
+        if answer != self._kept:
+            self._ctx.jobs.submit(self._record, answer)
         return response
+
+    def keep(self, session: Session, *args: Any, **kwargs: Any) -> None:
+        """Stores the answer that `self(*args, **kwargs)` will give in the caller's transaction, the one doing the
+        request's work: no transaction of its own follows the ack. Kept only if that transaction commits."""
+        answer = {"args": list(args), "kwargs": kwargs}
+        replays.keep_answer(session, self._trigger_id, answer)
+        after_commit(session, lambda: setattr(self, "_kept", answer))
 
     def _record(self, answer: dict[str, Any]) -> None:
         try:

@@ -10,20 +10,24 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, event, select
 
-from bot import homes
+from bot import access, homes, incidents, reminders
+from bot.clock import ManualClock
 from bot.homes import HomeCache, TtlLru
+from bot.reminders import Soonest
 from handlers.guards import DatabaseHealth
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
-from storage.models import Incident, TimelineEvent
-from tests.helpers import count, events, open_incident
+from storage.models import ChannelVisibility, Incident, Reminder, SeenRequest, TimelineEvent
+from tests.helpers import clocked_bot, count, events, open_incident
 
 CHANNEL = "C0INCIDENTS"
+PRIVATE = "C0SECRET"  # a C… id: a channel made private, which can be made public again
 
 
 @dataclass
@@ -127,14 +131,16 @@ def test_a_reply_in_an_unknown_thread_is_one_read_and_no_write(bot: LocalBot, qu
 
 
 OPEN_ACK = {
-    # The replay guard and the rate limits in one transaction, then the open in another.
-    "sqlite": ["BEGIN", "INSERT seen_requests", "SELECT rate_hits", "INSERT rate_hits", "INSERT rate_hits",
-               "BEGIN", "INSERT incident_sequences", "INSERT incidents", "INSERT reminders", "INSERT reminders",
-               "INSERT reminders", "INSERT reminders", "INSERT timeline_events"],
+    # The replay guard and the rate limits in one transaction, then the open in another, which also keeps the
+    # answer for replays (one UPDATE here rather than a transaction of its own after the ack). The rate hits and
+    # the four reminders are one INSERT each.
+    "sqlite": ["BEGIN", "INSERT seen_requests", "SELECT rate_hits", "INSERT rate_hits",
+               "BEGIN", "INSERT incident_sequences", "INSERT incidents", "INSERT timeline_events", "INSERT reminders",
+               "UPDATE seen_requests"],
     # PostgreSQL's BEGIN is no statement of its own here; the per-budget advisory locks are one SELECT.
     "postgresql": ["INSERT seen_requests", "SELECT pg_advisory_xact_lock(%(pg_advisory_xact_lock_2)s::BIGINT)",
                    "SELECT rate_hits", "INSERT rate_hits", "INSERT incident_sequences", "INSERT incidents",
-                   "INSERT reminders", "INSERT timeline_events"],
+                   "INSERT timeline_events", "INSERT reminders", "UPDATE seen_requests"],
 }
 
 
@@ -256,3 +262,111 @@ def test_a_read_that_raced_with_a_forget_is_not_remembered() -> None:
     assert cache.get((CHANNEL, "1.0")) == 7
     cache.forget(channel=CHANNEL)
     assert cache.get((CHANNEL, "1.0")) is None
+
+
+# ---- the work after the open's ack ----------------------------------------------------------------------------
+
+
+# The announcement: its lease and what it shows in one transaction, then the post on record with the lease released
+# in one statement. The answer for replays went with the open; the channel's unchanged visibility is not rewritten;
+# no reminder can be due yet, so none is looked for. The last read is the evidence capture's (bot/evidence).
+OPEN_AFTER = {
+    "sqlite": ["BEGIN", "SELECT incidents", "UPDATE incidents", "SELECT role_assignments", "UPDATE incidents",
+               "BEGIN", "SELECT incidents"],
+    "postgresql": ["SELECT incidents", "UPDATE incidents", "SELECT role_assignments", "UPDATE incidents",
+                   "SELECT incidents"],
+}
+
+
+def test_the_work_after_an_open_is_a_fixed_list_of_statements(bot: LocalBot, quiet_health: None) -> None:
+    open_incident(bot, "워밍업 sev:low")  # the channel's visibility is stored here
+    assert bot.driver is not None
+    bot.slack.clear_calls()
+    with statements(bot) as counted:
+        response = bot.driver.command("/incident", "open 결제 API 오류 sev:high")
+        assert response.status_code == 200 and "INCIDENT-" in response.json()["text"]
+    assert [shape(sql) for sql in counted.in_background()] == OPEN_AFTER[bot.ctx.db.dialect], counted.in_background()
+    assert [call.method for call in bot.slack.calls()] == ["chat.postMessage", "conversations.info"]
+    # The replay of that request is answered with the same text, kept in the open's own transaction.
+    with bot.ctx.db.read() as session:
+        [(kept,)] = session.execute(select(SeenRequest.answer).where(SeenRequest.kind == "command")
+                                    .order_by(SeenRequest.id.desc()).limit(1)).all()
+    assert kept["kwargs"]["text"] == response.json()["text"]
+
+
+# ---- what the announcement asks Slack about the channel -------------------------------------------------------
+
+
+def visibility(bot: LocalBot, channel: str) -> bool | None:
+    with bot.ctx.db.read() as session:
+        return session.scalar(select(ChannelVisibility.is_private).where(ChannelVisibility.channel_id == channel))
+
+
+def test_a_public_channel_is_asked_at_every_announcement_and_a_change_to_private_is_stored(bot: LocalBot) -> None:
+    """A stale "public" would show a now-private channel's incidents to everyone: it is never trusted unasked."""
+    open_incident(bot, "첫 사건")
+    open_incident(bot, "둘째 사건")
+    assert len(bot.slack.calls("conversations.info")) == 2 and visibility(bot, CHANNEL) is False
+    bot.slack.add_channel(CHANNEL, "incidents", private=True, members=["U0SENA"])
+    open_incident(bot, "비공개가 된 채널의 사건")
+    assert len(bot.slack.calls("conversations.info")) == 3 and visibility(bot, CHANNEL) is True
+
+
+def test_a_channel_known_private_is_asked_again_only_after_the_ttl(database_url: str) -> None:
+    """A stale "private" only keeps incidents members-only a little longer: trusted for VISIBILITY_TTL."""
+    with clocked_bot(database_url, datetime(2026, 12, 1, 2, 0, tzinfo=UTC)) as (bot, clock):
+        bot.slack.add_channel(PRIVATE, "incident-secret", private=True, members=["U0SENA"])
+        in_private = {"channel": PRIVATE, "channel_name": "incident-secret"}
+        open_incident(bot, "첫 사건", **in_private)
+        open_incident(bot, "둘째 사건", **in_private)
+        assert len(bot.slack.calls("conversations.info")) == 1 and visibility(bot, PRIVATE) is True
+        clock.advance(access.VISIBILITY_TTL)
+        bot.slack.add_channel(PRIVATE, "incident-secret", members=["U0SENA"])  # made public meanwhile
+        open_incident(bot, "셋째 사건", **in_private)
+        assert len(bot.slack.calls("conversations.info")) == 2 and visibility(bot, PRIVATE) is False
+
+
+# ---- due reminders at the announcement ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scheduled(database_url: str) -> Iterator[tuple[LocalBot, ManualClock]]:
+    with clocked_bot(database_url, datetime(2026, 12, 1, 2, 0, tzinfo=UTC), {"SCHEDULER_ENABLED": "true"}) as pair:
+        assert reminders.scheduler(pair[0].ctx) is not None
+        yield pair
+
+
+def test_an_announcement_looks_for_due_reminders_only_when_one_can_be_due(
+        scheduled: tuple[LocalBot, ManualClock]) -> None:
+    bot, clock = scheduled
+    assert bot.driver is not None
+    with statements(bot) as counted:
+        open_incident(bot, "알림은 30분 뒤부터")
+    assert not [sql for sql in counted.seen if "FROM reminders" in sql[1]]
+
+    # The announcement failed until the RCA kickoff came due: the retry that posts it delivers that at once.
+    bot.slack.fail("chat.postMessage", 500, times=3)
+    bot.driver.command("/incident", "open 공지가 늦은 사건")
+    bot.settle()
+    clock.advance(timedelta(minutes=31))
+    with statements(bot) as counted:
+        assert incidents.retry_pending_announcements(bot.ctx) == 1
+    assert [sql for sql in counted.seen if "FROM reminders" in sql[1]]
+    with bot.ctx.db.read() as session:
+        incident = session.scalars(select(Incident).where(Incident.title == "공지가 늦은 사건")).one()
+        sent = session.scalars(select(Reminder.kind).where(Reminder.incident_id == incident.id,
+                                                           Reminder.sent_at.is_not(None))).all()
+    assert sent == ["rca_kickoff"]
+
+
+def test_the_soonest_due_time_is_known_only_for_incidents_opened_here() -> None:
+    soonest = Soonest()
+    now = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    assert not soonest.none_due(7, now)  # opened elsewhere (or forgotten): read
+    soonest.start(7)
+    soonest.lower(7, now + timedelta(minutes=30))
+    assert soonest.none_due(7, now)
+    soonest.lower(7, now)  # a meeting moved to now, say
+    assert not soonest.none_due(7, now)
+    soonest.lower(8, now + timedelta(hours=1))  # never started here: still unknown
+    assert not soonest.none_due(8, now)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from bot import ratelimit, replays
 from bot.access import AccessPending
@@ -40,6 +42,7 @@ from handlers.commands.base import (
     Answer,
     CommandRequest,
     Subcommand,
+    ack_arguments,
     database_unavailable_answer,
     fitted,
     usage_answer,
@@ -115,6 +118,7 @@ def _dispatch(
         channel_id=body.get("channel_id", ""),
         response_url=body.get("response_url"),
         trigger_id=body.get("trigger_id"),
+        keep_answer=_keeper(ctx, ack),
     )
     handler = table.get(parsed.sub) if parsed.sub else table.get("help")
     spend = spend or ratelimit.Spend()
@@ -133,8 +137,14 @@ def _dispatch(
         answer = usage_answer(ctx, group, error)
     except SQLAlchemyError:
         answer = database_unavailable_answer(ctx, request)
-    answer = fitted(ctx, answer)
-    ack(response_type="ephemeral", text=answer.text, blocks=answer.blocks)
+    ack(**ack_arguments(fitted(ctx, answer)))
+
+
+def _keeper(ctx: Context, ack: Ack) -> Callable[[Session, Answer], None] | None:
+    if not isinstance(ack, replay_guard.RecordingAck):
+        return None
+    recording = ack
+    return lambda session, answer: recording.keep(session, **ack_arguments(fitted(ctx, answer)))
 
 
 def _give_back(ctx: Context, hits: list[int]) -> None:

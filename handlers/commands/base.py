@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Respond
+from sqlalchemy.orm import Session
 
 from bot.context import Context
 from bot.logsetup import outage_log
@@ -30,6 +31,9 @@ class CommandRequest:
     channel_id: str
     response_url: str | None
     trigger_id: str | None
+    # Stores the answer for replays in the caller's transaction (handlers/replays.RecordingAck.keep); None when
+    # the request is not deduplicated.
+    keep_answer: Callable[[Session, Answer], None] | None = None
 
     @property
     def rest(self) -> str:
@@ -88,3 +92,8 @@ def fitted(ctx: Context, answer: Answer) -> Answer:
     """The answer cut to Slack's limits, measured after rendering, with the localized pointer to the report."""
     answer.text, answer.blocks = fit_message(answer.text, answer.blocks, note=ctx.say("limits.truncated"))
     return answer
+
+
+def ack_arguments(answer: Answer) -> dict[str, Any]:
+    """What a subcommand's (fitted) answer is acked with."""
+    return {"response_type": "ephemeral", "text": answer.text, "blocks": answer.blocks}

@@ -34,9 +34,12 @@ def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
             ctx, session, open_request, channel_id=request.channel_id, user_id=request.user_id,
             user_name=request.user_name,
         )
+        answer = Answer(text=opened_answer(ctx, incident))
+        if request.keep_answer is not None:  # kept for replays with the incident: no transaction after the ack
+            request.keep_answer(session, answer)
     # Only once the incident is committed: the post, and what reacts to it, find its row.
     ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond)
-    return Answer(text=opened_answer(ctx, incident))
+    return answer
 
 
 def opened_answer(ctx: Context, incident: Incident) -> str:
