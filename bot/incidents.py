@@ -146,6 +146,20 @@ def claim_announcement(ctx: Context, session: Session, incident: Incident) -> Cl
     return Claim(until, retried=held_until is not None)
 
 
+def _claim_unclaimed(ctx: Context, session: Session, incident_id: int) -> tuple[Incident, Claim] | None:
+    """The usual case, a lease nobody has taken yet, in one UPDATE that also reads the incident back (rather than
+    a read, then the UPDATE): claim_announcement's compare-and-set with the lease seen empty. None when the lease
+    is or was held, or the announcement is on record; claim_announcement then decides."""
+    table = cast(Table, Incident.__table__)
+    until = ctx.clock.now() + announce_lease(ctx)
+    claimed = (update(table)
+               .where(table.c.id == incident_id, table.c.announcement_ts.is_(None),
+                      table.c.announce_claimed_until.is_(None))
+               .values(announce_claimed_until=until).returning(*table.c))
+    incident = session.scalars(select(Incident).from_statement(claimed)).first()
+    return None if incident is None else (incident, Claim(until, retried=False))
+
+
 @contextmanager
 def _holding(ctx: Context, incident_id: int, claim: Claim) -> Iterator[None]:
     """Renews the lease while Slack is being asked: however slow Slack is, no second poster gets in."""
@@ -197,6 +211,9 @@ def _claimed(ctx: Context, incident_id: int) -> tuple[Claim, Incident, dict[str,
     (the objects outlive it, and their relationships raise rather than load): on SQLite the write lock that opens
     wait for is held for the statements only."""
     with ctx.db.session() as session:
+        fresh = _claim_unclaimed(ctx, session, incident_id)
+        if fresh is not None:
+            return fresh[1], fresh[0], announcement_context(ctx, session, fresh[0])
         incident = session.get(Incident, incident_id)
         claim = None if incident is None else claim_announcement(ctx, session, incident)
         if incident is None or claim is None:

@@ -42,15 +42,23 @@ def dedupe_key(body: dict[str, Any]) -> str | None:
 def first_delivery(session: Session, now: datetime, trigger_id: str, kind: str, user_id: str | None) -> bool:
     """Records the trigger_id; True for the one delivery that runs the request, False for a replay. On
     PostgreSQL a concurrent delivery waits here until the first one's transaction ends, then sees its row."""
-    table = cast(Table, SeenRequest.__table__)  # a Core statement: the ORM's insert bookkeeping costs the ack
-    inserted = session.execute(
-        upsert(session, table,
-               {"trigger_id": trigger_id, "kind": kind[:32], "received_at": now,
-                "user_id": user_id[:32] if isinstance(user_id, str) and user_id else None},
-               index_elements=["trigger_id"])
-        .returning(table.c.id)
-    ).first()
-    return inserted is not None
+    row = {"trigger_id": trigger_id, "kind": kind[:32], "received_at": now,
+           "user_id": user_id[:32] if isinstance(user_id, str) and user_id else None}
+    return session.execute(_seen_insert(session.get_bind().dialect.name), row).first() is not None
+
+
+_SEEN_INSERTS: dict[str, Any] = {}
+
+
+def _seen_insert(dialect: str) -> Any:
+    """Built once per dialect, a Core statement run with the row as parameters: the ORM's insert bookkeeping, and
+    building the statement anew, cost the ack."""
+    statement = _SEEN_INSERTS.get(dialect)
+    if statement is None:
+        table = cast(Table, SeenRequest.__table__)
+        statement = _SEEN_INSERTS[dialect] = upsert(dialect, table, None, index_elements=["trigger_id"]).returning(
+            table.c.id)
+    return statement
 
 
 def record_answer(ctx: Context, trigger_id: str, answer: dict[str, Any]) -> None:
@@ -60,12 +68,10 @@ def record_answer(ctx: Context, trigger_id: str, answer: dict[str, Any]) -> None
 
 def keep_answer(session: Session, trigger_id: str, answer: dict[str, Any]) -> None:
     """The first answer stays: a later one (after a failure) never replaces it."""
-    session.execute(
-        update(SeenRequest).where(SeenRequest.trigger_id == trigger_id, SeenRequest.answer.is_(None))
-        .values(answer=answer)
-        # No SeenRequest is loaded in the session: matching the WHERE against its objects was most of the cost.
-        .execution_options(synchronize_session=False)
-    )
+    # A Core statement: no SeenRequest is loaded in the session, and the ORM's UPDATE path cost three times as much.
+    table = cast(Table, SeenRequest.__table__)
+    session.execute(update(table).where(table.c.trigger_id == trigger_id, table.c.answer.is_(None))
+                    .values(answer=answer))
 
 
 def wait_for_answer(ctx: Context, trigger_id: str, timeout: float = WAIT_SECONDS) -> dict[str, Any] | None:

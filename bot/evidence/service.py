@@ -542,21 +542,20 @@ def stored_verify(ctx: Context, incident_id: int, verified_at: datetime) -> dict
 
 
 def on_announced(ctx: Context, incident_id: int) -> None:
-    """The thread exists now: capture in the background when a service is known and GCP is configured."""
+    """The thread exists now: capture in the background when GCP is configured and a service is known."""
+    if missing_settings(ctx.settings):
+        return  # decided without reading the incident; said once, at install
     with ctx.db.read() as session:
         incident = session.get(Incident, incident_id)
         if incident is None or not service_of(incident, ctx.settings):
             return
-        public_id = incident.public_id
-    missing = missing_settings(ctx.settings)
-    if missing:
-        log.info("evidence capture at open skipped: %s not set", ", ".join(missing),
-                 extra={"json_fields": {"incident_id": public_id}})
-        return
     if claim(ctx, incident_id):
         ctx.jobs.submit(capture_job, ctx, incident_id)
 
 
 def install(ctx: Context) -> None:
     clients(ctx)
+    missing = missing_settings(ctx.settings)
+    if missing:
+        log.info("evidence capture at open is off: %s not set", ", ".join(missing))
     ctx.hooks.on_announced.register(on_announced)
