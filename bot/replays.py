@@ -9,6 +9,7 @@ decides which of several concurrent deliveries (on any replica) runs it. Request
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from bot.context import Context
 from storage.models import SeenRequest
-from storage.sql import upsert
+from storage.sql import dialect_name, upsert
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,15 @@ def first_delivery(session: Session, now: datetime, trigger_id: str, kind: str, 
     PostgreSQL a concurrent delivery waits here until the first one's transaction ends, then sees its row."""
     row = {"trigger_id": trigger_id, "kind": kind[:32], "received_at": now,
            "user_id": user_id[:32] if isinstance(user_id, str) and user_id else None}
-    return session.execute(_seen_insert(session.get_bind().dialect.name), row).first() is not None
+    return session.execute(_seen_insert(dialect_name(session)), row).first() is not None
 
 
-_SEEN_INSERTS: dict[str, Any] = {}
-
-
+@functools.cache
 def _seen_insert(dialect: str) -> Any:
     """Built once per dialect, a Core statement run with the row as parameters: the ORM's insert bookkeeping, and
     building the statement anew, cost the ack."""
-    statement = _SEEN_INSERTS.get(dialect)
-    if statement is None:
-        table = cast(Table, SeenRequest.__table__)
-        statement = _SEEN_INSERTS[dialect] = upsert(dialect, table, None, index_elements=["trigger_id"]).returning(
-            table.c.id)
-    return statement
+    table = cast(Table, SeenRequest.__table__)
+    return upsert(dialect, table, None, index_elements=["trigger_id"]).returning(table.c.id)
 
 
 def record_answer(ctx: Context, trigger_id: str, answer: dict[str, Any]) -> None:

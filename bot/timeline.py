@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, cast
 
@@ -9,7 +10,7 @@ from sqlalchemy import Connection, CursorResult, Table, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import Incident, TimelineEvent
-from storage.sql import upsert
+from storage.sql import dialect_name, upsert
 
 
 def add_system_event(
@@ -36,25 +37,18 @@ def record_message(
            "highlighted": highlighted, "created_at": at}
     # rowcount is exact for DO NOTHING on both drivers (1 or 0). Without RETURNING, SQLite's autocommit statement
     # is finished, lock released, when execute returns (Database.statement).
-    result = cast(CursorResult[Any], session.execute(_message_insert(session), row))
+    result = cast(CursorResult[Any], session.execute(_message_insert(dialect_name(session)), row))
     return result.rowcount == 1
 
 
-_MESSAGE_INSERTS: dict[str, Any] = {}
-
-
-def _message_insert(session: Session | Connection) -> Any:
+@functools.cache
+def _message_insert(dialect: str) -> Any:
     """Built once per dialect, a Core statement run with the row as parameters: building it per reply and the
     ORM's bulk-insert bookkeeping were a third of a reply's CPU (bench/ingest.py's profile)."""
-    dialect = session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
-    statement = _MESSAGE_INSERTS.get(dialect)
-    if statement is None:
-        table = cast(Table, TimelineEvent.__table__)
-        # SQLAlchemy keeps an INSERT's rowcount only when asked to (preserve_rowcount).
-        statement = _MESSAGE_INSERTS[dialect] = upsert(
-            dialect, table, None, index_elements=["incident_id", "slack_channel", "slack_ts"]
-        ).execution_options(preserve_rowcount=True)
-    return statement
+    table = cast(Table, TimelineEvent.__table__)
+    # SQLAlchemy keeps an INSERT's rowcount only when asked to (preserve_rowcount).
+    return upsert(dialect, table, None, index_elements=["incident_id", "slack_channel", "slack_ts"]
+                  ).execution_options(preserve_rowcount=True)
 
 
 def edit_message(session: Session, *, channel: str, ts: str, text: str, at: datetime) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import ColumnElement, Table, inspect, or_, update
+from sqlalchemy import ColumnElement, Connection, Table, inspect, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -24,11 +24,16 @@ Condition: TypeAlias = ColumnElement[bool] | Callable[[Excluded], ColumnElement[
 _UNSEEN: Any = object()
 
 
+def dialect_name(session: Session | Connection) -> str:
+    """"postgresql" or "sqlite": the database a session or a Core connection talks to."""
+    return session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
+
+
 def insert(session: Session | str, model: type[Base] | Table) -> Insert:
     """The dialect's INSERT (of the session's database, or named), the one that knows ON CONFLICT (both dialects
     spell it the same way). Given a model's Table rather than the model, it is a Core statement, which skips the
     ORM's bulk-insert bookkeeping."""
-    dialect = session if isinstance(session, str) else session.get_bind().dialect.name
+    dialect = session if isinstance(session, str) else dialect_name(session)
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return dialect_insert(model)
 
