@@ -57,8 +57,11 @@ def _next_in(dialect: str, table: Table, day: str) -> Any:
 
 def open_incident(
     ctx: Context, session: Session, request: OpenRequest, *, channel_id: str, user_id: str,
-    user_name: str | None = None,
+    user_name: str | None = None, announcing: bool = False,
 ) -> Incident:
+    """With `announcing`, the caller posts the announcement next, in a job of this process: its lease is taken in
+    the incident's own INSERT (pass `announce_claimed_until` to post_announcement), so the post claims nothing.
+    Should the job never run (the process died), the sweep posts it once the lease has lapsed."""
     now = ctx.clock.now()
     day = now.astimezone(ctx.settings.timezone).strftime("%Y%m%d")
     service = request.service or ctx.settings.cloud_run_service
@@ -80,6 +83,7 @@ def open_incident(
         meeting_at=now + ctx.settings.postmortem_meeting_after,
         # The guide's announcement reads "실패 감지" at open: opening is the moment a person saw it.
         detected_at=now,
+        announce_claimed_until=now + announce_lease(ctx) if announcing else None,
     )
     session.add(incident)
     session.flush()
@@ -206,6 +210,27 @@ def _announcement_post(ctx: Context, incident: Incident, context: dict[str, Any]
                              announcement_metadata(incident.public_id), incident.opened_at.timestamp())
 
 
+def _still_held(ctx: Context, incident_id: int, held_until: datetime) -> tuple[Claim, Incident, dict[str, Any]] | None:
+    """The lease the open took for this job (open_incident's `announcing`), and what the announcement shows, read
+    without a write lock. A job that starts late renews the lease first, by a compare-and-set on the value the
+    open wrote, so the sweep cannot find it lapsed while this posts. None when it was lost (taken over after it
+    lapsed, or posted): post_announcement then claims as anyone would."""
+    lease = announce_lease(ctx)
+    now = ctx.clock.now()
+    until = held_until
+    if held_until - now < lease / 2:
+        until = now + lease
+        with ctx.db.session() as session:
+            if not renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
+                               Incident.announcement_ts.is_(None), held=held_until, until=until):
+                return None
+    with ctx.db.read() as session:
+        incident = session.get(Incident, incident_id)
+        if incident is None or incident.announcement_ts is not None or incident.announce_claimed_until != until:
+            return None
+        return Claim(until, retried=False), incident, announcement_context(ctx, session, incident)
+
+
 def _claimed(ctx: Context, incident_id: int) -> tuple[Claim, Incident, dict[str, Any]] | None:
     """The lease, and what the announcement shows, read in the lease's one transaction. Rendered after its commit
     (the objects outlive it, and their relationships raise rather than load): on SQLite the write lock that opens
@@ -229,16 +254,18 @@ def _reread_post(ctx: Context, incident_id: int) -> _AnnouncementPost:
     return _announcement_post(ctx, incident, context)
 
 
-def post_announcement(ctx: Context, incident_id: int) -> str | None:
+def post_announcement(ctx: Context, incident_id: int, *, held_until: datetime | None = None) -> str | None:
     """Posts the announcement once. Returns its ts when this call put it on record, and only then fires
     `on_announced` (the one place it fires, so one announcement is announced once whoever posts it); None when
     it is on record already or another worker holds the lease.
 
     Raises MessengerError when it could not be posted; with `outcome_unknown` set, Slack may have posted it all
     the same. The incident stays stored and the retry sweep finishes the job, and whenever an earlier attempt
-    may have posted it, looks in the channel for it (by its metadata) before posting.
+    may have posted it, looks in the channel for it (by its metadata) before posting. `held_until`: the lease the
+    open took for this call (open_incident's `announcing`).
     """
-    claimed = _claimed(ctx, incident_id)
+    held = _still_held(ctx, incident_id, held_until) if held_until is not None else None
+    claimed = held or _claimed(ctx, incident_id)
     if claimed is None:
         return None
     claim, incident, context = claimed

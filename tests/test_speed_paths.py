@@ -267,13 +267,13 @@ def test_a_read_that_raced_with_a_forget_is_not_remembered() -> None:
 # ---- the work after the open's ack ----------------------------------------------------------------------------
 
 
-# The announcement: its lease and what it shows in one transaction, then the post on record with the lease released
-# in one statement. The answer for replays went with the open; the channel's unchanged visibility is not rewritten;
-# no reminder can be due yet, so none is looked for. The last read is the evidence capture's (bot/evidence).
-# The lease taken and the incident read back in one UPDATE; with GCP not configured, evidence reads nothing.
+# The announcement: its lease was taken in the open's INSERT, so what it shows is only read (no write lock), then the
+# post goes on record with the lease released in one statement. The answer for replays went with the open; the
+# channel's unchanged visibility is not rewritten; no reminder can be due yet, so none is looked for; with GCP not
+# configured, evidence reads nothing.
 OPEN_AFTER = {
-    "sqlite": ["BEGIN", "UPDATE incidents", "SELECT role_assignments", "UPDATE incidents"],
-    "postgresql": ["UPDATE incidents", "SELECT role_assignments", "UPDATE incidents"],
+    "sqlite": ["BEGIN", "SELECT incidents", "SELECT role_assignments", "UPDATE incidents"],
+    "postgresql": ["SELECT incidents", "SELECT role_assignments", "UPDATE incidents"],
 }
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 
-from bot.incidents import ANNOUNCEMENT_EVENT
+from bot.incidents import ANNOUNCEMENT_EVENT, announce_lease, post_announcement, retry_pending_announcements
 from bot.postmortem import UNPOSTED_RETRY_AFTER
+from handlers.commands import incident as incident_commands
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import ActionItem, Incident
-from tests.helpers import open_incident
+from tests.helpers import clocked_bot, open_incident
 
 CHANNEL = "C0INCIDENTS"
 CLIENT_TIMEOUT = 1  # seconds; the issue's 10 s client timeout, scaled down
@@ -193,3 +195,65 @@ def test_action_item_whose_post_timed_out_unseen_is_found_by_the_sweep_not_poste
         assert session.scalars(select(ActionItem.message_ts)).one() == posted["ts"]
     bot.runtime.sweep()
     assert len(bot.slack.calls("chat.postMessage")) == 2  # the announcement and the item, each once
+
+
+# ---- the lease the open takes for its own announcement job ----------------------------------------------------
+
+OPENED_AT = datetime(2025, 10, 22, 5, 15, tzinfo=UTC)
+
+
+def test_an_open_whose_announcement_job_never_ran_is_posted_by_the_sweep_once_its_lease_lapses(
+    database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`/incident open` takes the announcement's lease in its own INSERT, for the job it starts. When the process
+    dies before that job runs, the sweep leaves the incident alone while the lease holds, and posts it once the
+    lease has lapsed, after looking in the channel (the job might have posted before it died)."""
+    monkeypatch.setattr(incident_commands, "announce", lambda *args: None)  # the process died before its job ran
+    with clocked_bot(database_url, OPENED_AT) as (bot, clock):
+        public_id = open_and_settle(bot, "결제 API 오류")
+        assert announcements(bot.slack) == [] and the_incident(bot).announce_claimed_until is not None
+        assert retry_pending_announcements(bot.ctx) == 0
+        clock.advance(announce_lease(bot.ctx) + timedelta(seconds=1))
+        assert retry_pending_announcements(bot.ctx) == 1
+        assert_announced_once(bot, public_id)
+        assert bot.slack.calls("conversations.history")  # looked before posting
+
+
+def test_an_announcement_job_that_starts_late_renews_the_open_s_lease_and_posts_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job queued past half its lease renews it (a compare-and-set on the value the open wrote) before it reads
+    and posts, so no sweep can find it lapsed meanwhile; it has nothing to look for, as nobody else posted."""
+    jobs: list[tuple[int, datetime]] = []
+    monkeypatch.setattr(incident_commands, "announce",
+                        lambda ctx, incident_id, public_id, respond, held_until: jobs.append((incident_id, held_until)))
+    with clocked_bot(database_url, OPENED_AT) as (bot, clock):
+        public_id = open_and_settle(bot, "결제 API 오류")
+        [(incident_id, held_until)] = jobs
+        clock.advance(announce_lease(bot.ctx) * 3 / 4)
+        leases: list[datetime | None] = []
+        # What the lease is while Slack is being asked: read as the post's answer is held back.
+        bot.slack.slow_once("chat.postMessage", 5, until=lambda: bool(leases.append(
+            the_incident(bot).announce_claimed_until)) or True)
+        assert post_announcement(bot.ctx, incident_id, held_until=held_until) is not None
+        assert leases == [clock.now() + announce_lease(bot.ctx)]  # renewed from the open's `held_until`
+        assert_announced_once(bot, public_id)
+        assert not bot.slack.calls("conversations.history")
+        assert the_incident(bot).announce_claimed_until is None
+
+
+def test_an_announcement_job_whose_lease_was_taken_over_does_not_post_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job ran so late that its lease lapsed and the sweep posted the announcement: the job finds its lease
+    gone and posts nothing."""
+    jobs: list[tuple[int, datetime]] = []
+    monkeypatch.setattr(incident_commands, "announce",
+                        lambda ctx, incident_id, public_id, respond, held_until: jobs.append((incident_id, held_until)))
+    with clocked_bot(database_url, OPENED_AT) as (bot, clock):
+        public_id = open_and_settle(bot, "결제 API 오류")
+        [(incident_id, held_until)] = jobs
+        clock.advance(announce_lease(bot.ctx) + timedelta(seconds=1))
+        assert retry_pending_announcements(bot.ctx) == 1
+        assert post_announcement(bot.ctx, incident_id, held_until=held_until) is None
+        assert_announced_once(bot, public_id)
