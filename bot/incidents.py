@@ -6,6 +6,7 @@ it opens its own short units of work around the Slack call, never one across it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, union_all, update
+from sqlalchemy import Table, bindparam, or_, select, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -43,16 +44,18 @@ def next_sequence(ctx: Context, session: Session, day: str) -> int:
     number whose open then fails is skipped, as a database sequence's would be. SQLite's writers take turns
     anyway, so there it is taken in the open's transaction.
     """
-    table = cast(Table, IncidentSequence.__table__)
+    row = {"day": day, "last": 1}
     if ctx.db.dialect == "postgresql":
         with ctx.db.statement() as connection:
-            return int(connection.execute(_next_in(ctx.db.dialect, table, day)).scalar_one())
-    return int(session.execute(_next_in(ctx.db.dialect, table, day)).scalar_one())
+            return int(connection.execute(_next_in(ctx.db.dialect), row).scalar_one())
+    return int(session.execute(_next_in(ctx.db.dialect), row).scalar_one())
 
 
-def _next_in(dialect: str, table: Table, day: str) -> Any:
-    return upsert(dialect, table, {"day": day, "last": 1}, index_elements=["day"],
-                  set_={"last": table.c.last + 1}).returning(table.c.last)
+@functools.cache
+def _next_in(dialect: str) -> Any:
+    """Built once per dialect (the day's row comes as parameters): building it cost the ack."""
+    table = cast(Table, IncidentSequence.__table__)
+    return upsert(dialect, table, None, index_elements=["day"], set_={"last": table.c.last + 1}).returning(table.c.last)
 
 
 def open_incident(
@@ -98,9 +101,7 @@ def open_incident(
 
 
 def announcement_context(ctx: Context, session: Session, incident: Incident) -> dict[str, Any]:
-    roles = session.execute(
-        select(RoleAssignment.role, RoleAssignment.user_id).where(RoleAssignment.incident_id == incident.id)
-    ).all()
+    roles = session.execute(_roles_of(), {"incident": incident.id}).all()
     return {
         "incident": incident,
         "fmt": ctx.formatter(),
@@ -113,6 +114,12 @@ def announcement_context(ctx: Context, session: Session, incident: Incident) -> 
              incident.cancelled_at]
         ),
     }
+
+
+@functools.cache
+def _roles_of() -> Any:
+    table = cast(Table, RoleAssignment.__table__)
+    return select(table.c.role, table.c.user_id).where(table.c.incident_id == bindparam("incident"))
 
 
 def render_announcement(ctx: Context, session: Session, incident: Incident) -> Any:
@@ -297,11 +304,7 @@ def post_announcement(ctx: Context, incident_id: int, *, held_until: datetime | 
         raise
     # On record and the lease released in one statement, committed by itself.
     with ctx.db.statement() as connection:
-        connection.execute(
-            update(Incident)
-            .where(Incident.id == incident_id)
-            .values(announcement_ts=ts, announcement_error=None, announce_claimed_until=None, link_ts=link_ts)
-        )
+        connection.execute(_on_record(), {"incident": incident_id, "posted_ts": ts, "posted_link_ts": link_ts})
     channels.report_failed_invites(ctx, incident_id, not_invited)
     # The post is on record: a reaction's failure must not read as a failed announcement to the caller.
     reactions = (lambda: ctx.hooks.on_announced.fire(incident_id),
@@ -314,6 +317,16 @@ def post_announcement(ctx: Context, incident_id: int, *, held_until: datetime | 
             log.exception("a reaction to the announcement failed",
                           extra={"json_fields": {"incident_db_id": incident_id}})
     return ts
+
+
+@functools.cache
+def _on_record() -> Any:
+    """post_announcement's last statement, built once."""
+    table = cast(Table, Incident.__table__)
+    return (update(table).where(table.c.id == bindparam("incident"))
+            .values(announcement_ts=bindparam("posted_ts", type_=table.c.announcement_ts.type),
+                    announcement_error=None, announce_claimed_until=None,
+                    link_ts=bindparam("posted_link_ts", type_=table.c.link_ts.type)))
 
 
 def retry_pending_announcements(ctx: Context) -> int:

@@ -8,18 +8,19 @@ alerts will get their own) and by whom or where it limits, so sources never eat 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import BigInteger, Select, Table, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from bot.context import Context
 from storage.models import RateHit
-from storage.sql import insert
+from storage.sql import dialect_name, insert
 
 OPEN = "open"
 POST = "post"
@@ -55,23 +56,40 @@ def take(session: Session, source: str, limits: Sequence[Limit], *, now: datetim
     active = {limit.key: limit for limit in limits if limit.most > 0}
     if not active:
         return []
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = dialect_name(session)
+    if dialect == "postgresql":
         # In one global order, so two requests sharing a channel never wait on each other in a cycle.
         lock_ids = sorted(_lock_id(source, key) for key in active)
-        session.execute(select(*(func.pg_advisory_xact_lock(lock_id) for lock_id in lock_ids)))
-    table = cast(Table, RateHit.__table__)  # Core statements: the ORM's bookkeeping cost more than the SQL
-    counted = session.execute(
-        select(table.c.key, func.count(), func.min(table.c.at))
-        .where(table.c.source == source, table.c.key.in_(list(active)), table.c.at > now - window)
-        .group_by(table.c.key)
-    ).all()
+        session.execute(_advisory_locks(len(lock_ids)), {f"lock_{i}": lock_id for i, lock_id in enumerate(lock_ids)})
+    counted = session.execute(_counted(), {"source": source, "keys": list(active), "since": now - window}).all()
     spent = [(first + window, active[key]) for key, hits, first in counted if hits >= active[key].most]
     if spent:
         retry_at, limit = max(spent, key=lambda pair: pair[0])  # every spent budget must have room again
         raise RateLimited(source, limit, window, retry_at)
-    # One INSERT … RETURNING for all the hits, the rows as parameters so that the statement is compiled once.
     rows = [{"source": source, "key": key, "at": now} for key in active]
-    return list(session.scalars(insert(session, table).returning(table.c.id), rows).all())
+    return list(session.scalars(_hits_insert(dialect), rows).all())
+
+
+# Built once, Core statements run with parameters: building them (and the ORM's bookkeeping) cost more than the SQL.
+@functools.cache
+def _advisory_locks(count: int) -> Select[Any]:
+    return select(*(func.pg_advisory_xact_lock(bindparam(f"lock_{i}", type_=BigInteger)) for i in range(count)))
+
+
+@functools.cache
+def _counted() -> Select[Any]:
+    table = cast(Table, RateHit.__table__)
+    return (select(table.c.key, func.count(), func.min(table.c.at))
+            .where(table.c.source == bindparam("source"), table.c.key.in_(bindparam("keys", expanding=True)),
+                   table.c.at > bindparam("since", type_=table.c.at.type))
+            .group_by(table.c.key))
+
+
+@functools.cache
+def _hits_insert(dialect: str) -> Any:
+    """One INSERT … RETURNING for all the hits, the rows as parameters."""
+    table = cast(Table, RateHit.__table__)
+    return insert(dialect, table).returning(table.c.id)
 
 
 def give_back(ctx: Context, hit_ids: Sequence[int]) -> None:

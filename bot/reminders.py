@@ -29,6 +29,7 @@ Policy, decided here:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -49,7 +50,7 @@ from bot.ports import MessengerError
 from bot.render import RenderedMessage
 from bot.scheduler import ReminderScheduler
 from storage.models import ActionItem, Incident, Reminder, Report, RoleAssignment, Why
-from storage.sql import claim_lease, insert
+from storage.sql import claim_lease, dialect_name, insert
 
 log = logging.getLogger(__name__)
 
@@ -286,13 +287,19 @@ def on_open(ctx: Context, session: Session, incident: Incident) -> None:
     _soonest(ctx).start(incident.id)
     if not due:
         return
-    table = cast(Table, Reminder.__table__)
     rows = [{"incident_id": incident.id, "kind": kind, "action_item_id": None, "due_at": due_at, "attempts": 0,
              "late": False} for kind, due_at in due.items()]
-    # Rows as parameters: one cached statement (SQLAlchemy's insertmanyvalues); `.values(rows)` was compiled anew
-    # every time. One row per kind, so RETURNING's order does not matter.
-    written = session.execute(insert(session, table).returning(table.c.id, table.c.kind), rows).all()
+    # Rows as parameters (SQLAlchemy's insertmanyvalues); `.values(rows)` was compiled anew every time. One row per
+    # kind, so RETURNING's order does not matter.
+    written = session.execute(_new_reminders(dialect_name(session)), rows).all()
     _queue_times(ctx, session, [(reminder_id, incident.id, due[kind]) for reminder_id, kind in written])
+
+
+@functools.cache
+def _new_reminders(dialect: str) -> Any:
+    """Built once per dialect: building it cost the ack."""
+    table = cast(Table, Reminder.__table__)
+    return insert(dialect, table).returning(table.c.id, table.c.kind)
 
 
 def _schedule_meeting(ctx: Context, session: Session, incident: Incident) -> None:

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from bot.context import Context
@@ -63,10 +63,16 @@ def record_answer(ctx: Context, trigger_id: str, answer: dict[str, Any]) -> None
 
 def keep_answer(session: Session, trigger_id: str, answer: dict[str, Any]) -> None:
     """The first answer stays: a later one (after a failure) never replaces it."""
-    # A Core statement: no SeenRequest is loaded in the session, and the ORM's UPDATE path cost three times as much.
+    session.execute(_answer_update(), {"trigger": trigger_id, "kept": answer})
+
+
+@functools.cache
+def _answer_update() -> Any:
+    """A Core statement built once: no SeenRequest is loaded in the session, and the ORM's UPDATE path cost three
+    times as much."""
     table = cast(Table, SeenRequest.__table__)
-    session.execute(update(table).where(table.c.trigger_id == trigger_id, table.c.answer.is_(None))
-                    .values(answer=answer))
+    return (update(table).where(table.c.trigger_id == bindparam("trigger"), table.c.answer.is_(None))
+            .values(answer=bindparam("kept", type_=table.c.answer.type)))
 
 
 def wait_for_answer(ctx: Context, trigger_id: str, timeout: float = WAIT_SECONDS) -> dict[str, Any] | None:

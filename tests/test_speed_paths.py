@@ -138,7 +138,7 @@ OPEN_ACK = {
                "BEGIN", "INSERT incident_sequences", "INSERT incidents", "INSERT timeline_events", "INSERT reminders",
                "UPDATE seen_requests"],
     # PostgreSQL's BEGIN is no statement of its own here; the per-budget advisory locks are one SELECT.
-    "postgresql": ["INSERT seen_requests", "SELECT pg_advisory_xact_lock(%(pg_advisory_xact_lock_2)s::BIGINT)",
+    "postgresql": ["INSERT seen_requests", "SELECT pg_advisory_xact_lock(%(lock_0)s::BIGINT)",
                    "SELECT rate_hits", "INSERT rate_hits", "INSERT incident_sequences", "INSERT incidents",
                    "INSERT timeline_events", "INSERT reminders", "UPDATE seen_requests"],
 }
