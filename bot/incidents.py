@@ -217,11 +217,15 @@ def _announcement_post(ctx: Context, incident: Incident, context: dict[str, Any]
                              announcement_metadata(incident.public_id), incident.opened_at.timestamp())
 
 
-def _still_held(ctx: Context, incident_id: int, held_until: datetime) -> tuple[Claim, Incident, dict[str, Any]] | None:
-    """The lease the open took for this job (open_incident's `announcing`), and what the announcement shows, read
-    without a write lock. A job that starts late renews the lease first, by a compare-and-set on the value the
-    open wrote, so the sweep cannot find it lapsed while this posts. None when it was lost (taken over after it
-    lapsed, or posted): post_announcement then claims as anyone would."""
+def _still_held(ctx: Context, opened: Incident) -> tuple[Claim, Incident, dict[str, Any]] | None:
+    """The lease the open took for this job (open_incident's `announcing`), and what the announcement shows,
+    without a write lock. `opened` is the incident as the open committed it: shown as it is unless its row changed
+    since (its updated_at), else read again. A job that starts late renews the lease first, by a compare-and-set on
+    the value the open wrote, so the sweep cannot find it lapsed while this posts. None when it was lost (taken
+    over after it lapsed, or posted): post_announcement then claims as anyone would."""
+    incident_id, held_until = opened.id, opened.announce_claimed_until
+    if held_until is None:
+        return None
     lease = announce_lease(ctx)
     now = ctx.clock.now()
     until = held_until
@@ -232,10 +236,18 @@ def _still_held(ctx: Context, incident_id: int, held_until: datetime) -> tuple[C
                                Incident.announcement_ts.is_(None), held=held_until, until=until):
                 return None
     with ctx.db.read() as session:
-        incident = session.get(Incident, incident_id)
-        if incident is None or incident.announcement_ts is not None or incident.announce_claimed_until != until:
+        state = session.execute(_lease_state(), {"incident": incident_id}).first()
+        if state is None or state.announcement_ts is not None or state.announce_claimed_until != until:
             return None
+        incident = opened if state.updated_at == opened.updated_at else session.get_one(Incident, incident_id)
         return Claim(until, retried=False), incident, announcement_context(ctx, session, incident)
+
+
+@functools.cache
+def _lease_state() -> Any:
+    table = cast(Table, Incident.__table__)
+    return (select(table.c.announcement_ts, table.c.announce_claimed_until, table.c.updated_at)
+            .where(table.c.id == bindparam("incident")))
 
 
 def _claimed(ctx: Context, incident_id: int) -> tuple[Claim, Incident, dict[str, Any]] | None:
@@ -261,17 +273,17 @@ def _reread_post(ctx: Context, incident_id: int) -> _AnnouncementPost:
     return _announcement_post(ctx, incident, context)
 
 
-def post_announcement(ctx: Context, incident_id: int, *, held_until: datetime | None = None) -> str | None:
+def post_announcement(ctx: Context, incident_id: int, *, opened: Incident | None = None) -> str | None:
     """Posts the announcement once. Returns its ts when this call put it on record, and only then fires
     `on_announced` (the one place it fires, so one announcement is announced once whoever posts it); None when
     it is on record already or another worker holds the lease.
 
     Raises MessengerError when it could not be posted; with `outcome_unknown` set, Slack may have posted it all
     the same. The incident stays stored and the retry sweep finishes the job, and whenever an earlier attempt
-    may have posted it, looks in the channel for it (by its metadata) before posting. `held_until`: the lease the
-    open took for this call (open_incident's `announcing`).
+    may have posted it, looks in the channel for it (by its metadata) before posting. `opened`: the incident as
+    an open that took the lease for this call committed it (open_incident's `announcing`).
     """
-    held = _still_held(ctx, incident_id, held_until) if held_until is not None else None
+    held = _still_held(ctx, opened) if opened is not None else None
     claimed = held or _claimed(ctx, incident_id)
     if claimed is None:
         return None

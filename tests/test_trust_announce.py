@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from bot.incidents import ANNOUNCEMENT_EVENT, announce_lease, post_announcement, retry_pending_announcements
+from bot.incidents import (
+    ANNOUNCEMENT_EVENT,
+    announce_lease,
+    post_announcement,
+    render_announcement,
+    retry_pending_announcements,
+)
+from bot.lifecycle import change_severity
 from bot.postmortem import UNPOSTED_RETRY_AFTER
 from handlers.commands import incident as incident_commands
 from sandbox.harness import LocalBot
@@ -224,19 +231,19 @@ def test_an_announcement_job_that_starts_late_renews_the_open_s_lease_and_posts_
 ) -> None:
     """A job queued past half its lease renews it (a compare-and-set on the value the open wrote) before it reads
     and posts, so no sweep can find it lapsed meanwhile; it has nothing to look for, as nobody else posted."""
-    jobs: list[tuple[int, datetime]] = []
+    jobs: list[tuple[int, Incident]] = []
     monkeypatch.setattr(incident_commands, "announce",
-                        lambda ctx, incident_id, public_id, respond, held_until: jobs.append((incident_id, held_until)))
+                        lambda ctx, incident_id, public_id, respond, opened: jobs.append((incident_id, opened)))
     with clocked_bot(database_url, OPENED_AT) as (bot, clock):
         public_id = open_and_settle(bot, "결제 API 오류")
-        [(incident_id, held_until)] = jobs
+        [(incident_id, opened)] = jobs
         clock.advance(announce_lease(bot.ctx) * 3 / 4)
         leases: list[datetime | None] = []
         # What the lease is while Slack is being asked: read as the post's answer is held back.
         bot.slack.slow_once("chat.postMessage", 5, until=lambda: bool(leases.append(
             the_incident(bot).announce_claimed_until)) or True)
-        assert post_announcement(bot.ctx, incident_id, held_until=held_until) is not None
-        assert leases == [clock.now() + announce_lease(bot.ctx)]  # renewed from the open's `held_until`
+        assert post_announcement(bot.ctx, incident_id, opened=opened) is not None
+        assert leases == [clock.now() + announce_lease(bot.ctx)]  # renewed from the one the open took
         assert_announced_once(bot, public_id)
         assert not bot.slack.calls("conversations.history")
         assert the_incident(bot).announce_claimed_until is None
@@ -247,13 +254,34 @@ def test_an_announcement_job_whose_lease_was_taken_over_does_not_post_again(
 ) -> None:
     """The job ran so late that its lease lapsed and the sweep posted the announcement: the job finds its lease
     gone and posts nothing."""
-    jobs: list[tuple[int, datetime]] = []
+    jobs: list[tuple[int, Incident]] = []
     monkeypatch.setattr(incident_commands, "announce",
-                        lambda ctx, incident_id, public_id, respond, held_until: jobs.append((incident_id, held_until)))
+                        lambda ctx, incident_id, public_id, respond, opened: jobs.append((incident_id, opened)))
     with clocked_bot(database_url, OPENED_AT) as (bot, clock):
         public_id = open_and_settle(bot, "결제 API 오류")
-        [(incident_id, held_until)] = jobs
+        [(incident_id, opened)] = jobs
         clock.advance(announce_lease(bot.ctx) + timedelta(seconds=1))
         assert retry_pending_announcements(bot.ctx) == 1
-        assert post_announcement(bot.ctx, incident_id, held_until=held_until) is None
+        assert post_announcement(bot.ctx, incident_id, opened=opened) is None
         assert_announced_once(bot, public_id)
+
+
+def test_an_announcement_job_shows_what_changed_after_the_open_committed(
+    database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job is handed the incident as the open committed it, and shows that only while its row is unchanged:
+    a severity changed in between (its thread does not exist yet, so no update would follow) is in the post."""
+    jobs: list[tuple[int, Incident]] = []
+    monkeypatch.setattr(incident_commands, "announce",
+                        lambda ctx, incident_id, public_id, respond, opened: jobs.append((incident_id, opened)))
+    with clocked_bot(database_url, OPENED_AT) as (bot, _clock):
+        open_and_settle(bot, "결제 API 오류 sev:high")
+        [(incident_id, opened)] = jobs
+        with bot.ctx.db.session() as session:
+            change_severity(bot.ctx, session, incident_id, "critical", actor="U0SENA", actor_name=None)
+        assert post_announcement(bot.ctx, incident_id, opened=opened) is not None
+        with bot.ctx.db.read() as session:
+            now_shown = render_announcement(bot.ctx, session, session.get_one(Incident, incident_id))
+            then_shown = render_announcement(bot.ctx, session, opened)
+        [posted] = announcements(bot.slack)
+        assert posted["text"] == now_shown.text != then_shown.text

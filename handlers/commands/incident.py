@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from slack_bolt import Ack, Respond
@@ -39,7 +38,7 @@ def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         if request.keep_answer is not None:  # kept for replays with the incident: no transaction after the ack
             request.keep_answer(session, answer)
     # Only once the incident is committed: the post, and what reacts to it, find its row.
-    ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond, incident.announce_claimed_until)
+    ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond, incident)
     return answer
 
 
@@ -49,17 +48,17 @@ def opened_answer(ctx: Context, incident: Incident) -> str:
     return ctx.say(ack, public_id=incident.public_id)
 
 
-def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond, held_until: datetime | None) -> None:
-    announce_telling(ctx, incident_id, public_id, lambda text: tell(respond, text), held_until=held_until)
+def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond, opened: Incident | None) -> None:
+    announce_telling(ctx, incident_id, public_id, lambda text: tell(respond, text), opened=opened)
 
 
 def announce_telling(ctx: Context, incident_id: int, public_id: str, told: Callable[[str], object], *,
-                     held_until: datetime | None = None) -> None:
-    """Posts the announcement; a failure is `told` to the person who opened the incident. `held_until`: the lease
-    the open took for this call."""
+                     opened: Incident | None = None) -> None:
+    """Posts the announcement; a failure is `told` to the person who opened the incident. `opened`: the incident
+    as an open that took the announcement's lease for this call committed it."""
     # post_announcement fires on_announced itself when this call is the one that put the post on record.
     try:
-        incidents.post_announcement(ctx, incident_id, held_until=held_until)
+        incidents.post_announcement(ctx, incident_id, opened=opened)
     except MessengerError as error:
         # Slack may have posted it: "failed" would be wrong, and the sweep finishes it once, whichever it was.
         outcome = "incident.announce_pending" if error.outcome_unknown else "incident.announce_failed"
