@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import handlers
 from bot import (
+    access,
     alerts,
     channel_archive,
     channels,
@@ -123,7 +124,7 @@ def build_context(settings: Settings, *, clock: Clock | None = None, messenger: 
 
 def _feature_installers() -> list[Callable[[Context], None]]:
     """Domains that hook into open/announce/start/sweep register themselves here."""
-    return [reminders.install, lifecycle.install, postmortem.install, evidence.install, alerts.install,
+    return [access.install, reminders.install, lifecycle.install, postmortem.install, evidence.install, alerts.install,
             rollback.install, channels.install, channel_archive.install, homes.install]
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from bot.clock import Clock
 from bot.context import Context
-from bot.parsing import UsageError
+from bot.parsing import CLOSED_STATUSES, UsageError
 from bot.ports import Messenger, MessengerError
 from storage.models import ChannelVisibility, Incident
 from storage.sql import upsert
@@ -130,10 +130,8 @@ def look_up(ctx: Context, pending: AccessPending) -> None:
 
 class Visibilities:
     """What this process last stored for a channel's visibility, for VISIBILITY_TTL, so that an announcement need
-    not ask Slack or write again. Only ever errs towards private: a channel known private is not asked about
-    again within the TTL (if it went public meanwhile, its incidents stay members-only a little longer), while
-    a public one is always asked (it may have gone private) and only its unchanged row is not rewritten, which
-    leaves any newer, more restrictive answer another replica stored in place."""
+    not ask Slack or write again within it. A stored "public" is asked again after the TTL by the sweep, for every
+    channel that has an open incident (refresh_stale_visibilities), not only when someone opens another there."""
 
     def __init__(self, clock: Clock, ttl: timedelta = VISIBILITY_TTL, max_entries: int = 4096) -> None:
         self._clock, self._ttl, self._max = clock, ttl, max_entries
@@ -167,24 +165,48 @@ def record_visibility(ctx: Context, channel: str) -> None:
 def _store_visibility(ctx: Context, channel: str, is_private: bool) -> None:
     now = ctx.clock.now()
     with ctx.db.statement() as connection:
+        # The latest question wins, whichever replica's answer is written last.
         connection.execute(upsert(ctx.db.dialect, ChannelVisibility,
                                   {"channel_id": channel, "is_private": is_private, "checked_at": now},
-                                  index_elements=["channel_id"], set_={"is_private": is_private, "checked_at": now}))
+                                  index_elements=["channel_id"], set_={"is_private": is_private, "checked_at": now},
+                                  where=ChannelVisibility.checked_at <= now))
     visibilities(ctx).remember(channel, is_private)
 
 
 def announced_in(ctx: Context, channel: str) -> None:
     """After an announcement in `channel`: known at once, `/incident list` shows a public channel's incident without
-    asking Slack again. Asks Slack unless the channel is known private (Visibilities)."""
-    known = visibilities(ctx)
-    stored = known.stored(channel)
-    if stored is True:
+    asking Slack again. Asks Slack unless this process stored the channel's answer within VISIBILITY_TTL."""
+    if visibilities(ctx).stored(channel) is not None:
         return
     try:
-        is_private = ctx.messenger.is_private_channel(channel)
+        record_visibility(ctx, channel)
     except MessengerError as error:
         log.warning("channel visibility lookup failed: %s", error.kind)  # counts as private until known
-        return
-    if stored is False and not is_private:
-        return  # still public, as this process stored it within the TTL
-    _store_visibility(ctx, channel, is_private)
+
+
+STALE_PER_SWEEP = 20  # channels asked about per sweep: a workspace of many open incidents catches up over sweeps
+
+
+def refresh_stale_visibilities(ctx: Context) -> int:
+    """The sweep: asks Slack again about every channel with an open incident whose stored "public" is older than
+    VISIBILITY_TTL, so a channel made private stops showing its incidents to non-members within about the TTL.
+    A stored "private" needs no hurry: it only ever hides. Returns how many channels were asked."""
+    stale_before = ctx.clock.now() - VISIBILITY_TTL
+    with ctx.db.read() as session:
+        stale = list(session.scalars(
+            select(ChannelVisibility.channel_id)
+            .where(ChannelVisibility.is_private.is_(False), ChannelVisibility.checked_at <= stale_before,
+                   ChannelVisibility.channel_id.in_(
+                       select(Incident.channel_id).where(Incident.status.not_in(CLOSED_STATUSES))))
+            .order_by(ChannelVisibility.checked_at).limit(STALE_PER_SWEEP)
+        ))
+    for channel in stale:
+        try:
+            record_visibility(ctx, channel)
+        except MessengerError as error:
+            log.warning("channel visibility lookup failed: %s", error.kind)  # the next sweep asks again
+    return len(stale)
+
+
+def install(ctx: Context) -> None:
+    ctx.hooks.on_sweep.register(refresh_stale_visibilities)

@@ -16,6 +16,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import select
 
+from bot import access
 from bot.clock import ManualClock
 from bot.parsing import split_command
 from sandbox.harness import LocalBot
@@ -129,6 +130,23 @@ def test_public_incidents_are_listed_without_asking_slack(bot: LocalBot) -> None
     acked, answer = ask(bot, "/incident", "list")
     assert acked == answer and public_incident in answer  # answered in the ack itself
     assert membership_calls(bot) == 0
+
+
+def test_a_public_channel_made_private_stops_listing_its_incidents_to_non_members_within_the_ttl(
+        clocked: tuple[LocalBot, ManualClock]) -> None:
+    """The announcement stores "public"; the sweep asks Slack again about every channel with an open incident once
+    that answer is older than VISIBILITY_TTL, though nobody opens anything there again."""
+    bot, clock = clocked
+    private_workspace(bot.slack)
+    incident_id, _ = open_incident(bot, "추천 API p95 급증")  # #critical-incidents: public
+    assert incident_id in ask(bot, "/incident", "list")[1]
+    bot.slack.add_channel("C0INCIDENTS", "critical-incidents", private=True, members=["U0SENA"])  # made private
+    assert access.refresh_stale_visibilities(bot.ctx) == 0  # asked within the TTL: trusted
+    clock.advance(access.VISIBILITY_TTL)
+    assert access.refresh_stale_visibilities(bot.ctx) == 1
+    _, answer = ask(bot, "/incident", "list")
+    assert incident_id not in answer
+    assert incident_id in ask(bot, "/incident", "list", user="U0SENA")[1]  # a member still sees it
 
 
 def test_a_member_in_another_channel_is_served_and_the_answer_is_cached(bot: LocalBot) -> None:
