@@ -39,7 +39,7 @@ from datetime import datetime, time, timedelta
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot import incidents, timeline
@@ -84,6 +84,10 @@ MAX_ATTEMPTS = 20  # about seven hours of Slack refusing before a reminder is gi
 # The incident's channel is archived (channel mode archives it): no retry can post there.
 CHANNEL_GONE = ("is_archived",)
 SWEEP_SECONDS = 15.0
+# A timer is set only for a reminder due within this much of now: the scheduler's sweep sets the others as they
+# come within it, so each still fires on time. An open then sets none (its reminders are half an hour and more
+# away), and a process holds timers for the next half minute only, however many incidents are open.
+TIMER_HORIZON = timedelta(seconds=2 * SWEEP_SECONDS)
 
 # Why a row was cancelled, kept in last_error; reopening restores only those cancelled with the incident.
 CANCELLED_WITH_INCIDENT = "cancelled: incident cancelled"
@@ -131,18 +135,23 @@ def start(ctx: Context) -> None:
 
 
 def rebuild_jobs(ctx: Context, sched: ReminderScheduler) -> None:
-    """One timer per pending reminder still ahead, read from the table: the jobs themselves die with the process.
-    What is already due is the start sweep's; a claimed row (a retry backing off) wakes when its claim ends."""
+    """The timers of pending reminders due within TIMER_HORIZON, read from the table: the jobs themselves die with
+    the process. What is already due is the start sweep's; a claimed row (a retry backing off) wakes when its claim
+    ends. Run at start and by every sweep, which is how a reminder further away gets its timer in time."""
     now = ctx.clock.now()
+    near = now + TIMER_HORIZON
     with ctx.db.read() as session:
         ahead = session.execute(
             select(Reminder.id, Reminder.due_at, Reminder.claimed_until).where(
                 Reminder.sent_at.is_(None), Reminder.cancelled_at.is_(None),
-                or_(Reminder.due_at > now, Reminder.claimed_until > now),
+                or_(and_(Reminder.due_at > now, Reminder.due_at <= near),
+                    and_(Reminder.claimed_until > now, Reminder.claimed_until <= near)),
             )
         ).all()
     for reminder_id, due_at, claimed_until in ahead:
-        sched.schedule(reminder_id, max(due_at, claimed_until or due_at))
+        wake = max(due_at, claimed_until or due_at)
+        if sched.next_wake(reminder_id) != wake:
+            sched.schedule(reminder_id, wake)
 
 
 def sweep(ctx: Context) -> None:
@@ -171,6 +180,9 @@ def run_reminder(ctx: Context, reminder_id: int) -> None:
 def run_sweep(ctx: Context) -> None:
     try:
         deliver_due(ctx)
+        sched = scheduler(ctx)
+        if sched is not None:
+            rebuild_jobs(ctx, sched)
     except Exception:
         log.exception("reminder sweep failed")
 
@@ -202,8 +214,18 @@ def _queue_times(ctx: Context, session: Session, rows: list[tuple[int, int, date
 
 def _after_commit(ctx: Context, session: Session) -> None:
     queue = session.info.pop(_QUEUE_KEY, None)
-    if queue and scheduler(ctx) is not None:
-        ctx.jobs.submit(_sync_jobs, ctx, dict(queue))
+    sched = scheduler(ctx)
+    if not queue or sched is None:
+        return
+    # A timer for what comes due within TIMER_HORIZON (the sweep sets the rest in time); a timer set before, for a
+    # time that has moved away or is no longer pending, goes. A stale timer would find nothing due to claim anyway.
+    near = ctx.clock.now() + TIMER_HORIZON
+    changes = {reminder_id: due_at if due_at is not None and due_at <= near else None
+               for reminder_id, due_at in queue.items()}
+    changes = {reminder_id: due_at for reminder_id, due_at in changes.items()
+               if due_at is not None or sched.next_wake(reminder_id) is not None}
+    if changes:
+        ctx.jobs.submit(_sync_jobs, ctx, changes)
 
 
 def _sync_jobs(ctx: Context, queue: dict[int, datetime | None]) -> None:

@@ -1,8 +1,9 @@
 """APScheduler 3.x as this process's alarm clock for reminders, through its public API only.
 
 The `reminders` table is the only persistent truth, and every delivery claims its row first, so the scheduler
-only decides *when* to look. Its jobs live in memory (MemoryJobStore): they are rebuilt from the table at start
-and kept in step by the reminder hooks. A job lost with the process, or never known here (a reminder another
+only decides *when* to look. Its jobs live in memory (MemoryJobStore), one per reminder due within the next half
+minute (bot.reminders.TIMER_HORIZON): they are read from the table at start and by every sweep, and kept in step
+by the reminder hooks. A job lost with the process, or never known here (a reminder another
 replica created), costs at most one sweep interval, since the periodic sweep delivers whatever is due and
 unclaimed. No job store is shared between processes, as APScheduler's documentation requires.
 """
@@ -27,7 +28,7 @@ def reminder_job_id(reminder_id: int) -> str:
 
 
 class ReminderScheduler:
-    """One BackgroundScheduler: a date job per pending reminder that calls `wake(reminder_id)`, and the sweep."""
+    """One BackgroundScheduler: a date job per reminder coming due that calls `wake(reminder_id)`, and the sweep."""
 
     def __init__(self, *, wake: Callable[[int], None], sweep: Callable[[], None], sweep_seconds: float,
                  workers: int = 4) -> None:

@@ -99,8 +99,10 @@ def test_after_a_restart_the_timers_are_rebuilt_from_the_table_and_deliver_once(
     second = LocalBot(env, slack=slack, database_url=database_url).start()
     try:
         ahead = pending(second)
-        assert len(ahead) == 4
-        assert timers(second) == ahead
+        near = {reminder_id: due_at for reminder_id, due_at in ahead.items()
+                if due_at <= datetime.now(UTC) + reminders.TIMER_HORIZON}
+        assert len(ahead) == 4 and len(near) == 1  # the RCA kickoff; the meeting's are hours away
+        assert timers(second) == near
         wait_until(lambda: _rows(second, "rca_kickoff")[0].sent_at is not None, 12, "the RCA kickoff")
         [rca] = _rows(second, "rca_kickoff")
         assert rca.sent_at is not None and rca.sent_at - rca.due_at < timedelta(seconds=3) and not rca.late
@@ -114,25 +116,62 @@ def test_after_a_restart_the_timers_are_rebuilt_from_the_table_and_deliver_once(
         second.stop()
 
 
-def test_a_moved_meeting_moves_its_timers(ahead_bot: LocalBot) -> None:
+def sweep_pass(bot: LocalBot) -> None:
+    """What the scheduler's sweep does every SWEEP_SECONDS besides delivering: timers for what comes due soon."""
+    sched = reminders.scheduler(bot.ctx)
+    assert sched is not None
+    reminders.rebuild_jobs(bot.ctx, sched)
+
+
+def test_a_timer_is_set_once_its_reminder_comes_within_the_horizon(ahead_bot: LocalBot) -> None:
+    clock = ahead_bot.ctx.clock
+    assert isinstance(clock, ManualClock)
     open_incident(ahead_bot)
-    before = pending(ahead_bot)
-    assert timers(ahead_bot) == before and len(before) == 4
-    new_meeting = ahead_bot.ctx.clock.now().replace(hour=13, minute=30)
-    response = ahead_bot.driver.command("/incident", f"meeting {new_meeting:%H:%M}")
+    assert len(pending(ahead_bot)) == 4 and timers(ahead_bot) == {}  # half an hour away and more: no timer yet
+    [rca] = _rows(ahead_bot, "rca_kickoff")
+    clock.set(rca.due_at - reminders.TIMER_HORIZON - timedelta(seconds=1))
+    sweep_pass(ahead_bot)
+    assert timers(ahead_bot) == {}
+    clock.advance(timedelta(seconds=2))
+    sweep_pass(ahead_bot)
+    assert timers(ahead_bot) == {rca.id: rca.due_at}
+
+
+def test_a_moved_meeting_moves_its_timers(ahead_bot: LocalBot) -> None:
+    clock = ahead_bot.ctx.clock
+    assert isinstance(clock, ManualClock)
+    open_incident(ahead_bot)
+    [rca] = _rows(ahead_bot, "rca_kickoff")
+    clock.set(rca.due_at - timedelta(seconds=15))
+    sweep_pass(ahead_bot)
+    assert timers(ahead_bot) == {rca.id: rca.due_at}
+    # Moved to within the horizon: the meeting's start gets its timer at once (the pre-meeting reminder's time has
+    # passed, so it is skipped; the report nudge is an hour away).
+    soon = rca.due_at
+    response = ahead_bot.driver.command("/incident", f"meeting {soon:%H:%M}")
     assert response.status_code == 200, response.text
     ahead_bot.settle()
-    after = pending(ahead_bot)
     [start] = _rows(ahead_bot, "meeting_start")
-    assert start.due_at == new_meeting and after != before
-    assert timers(ahead_bot) == after  # every timer at its row's new time, the RCA kickoff's unchanged
+    assert start.due_at == soon
+    assert timers(ahead_bot) == {rca.id: rca.due_at, start.id: soon}
+    # Moved hours away: its timer goes, the RCA kickoff's stays.
+    later = soon.replace(hour=13, minute=30)
+    response = ahead_bot.driver.command("/incident", f"meeting {later:%H:%M}")
+    assert response.status_code == 200, response.text
+    ahead_bot.settle()
+    assert timers(ahead_bot) == {rca.id: rca.due_at}
     sched = reminders.scheduler(ahead_bot.ctx)
-    assert sched is not None and sched.next_wake(start.id) == new_meeting
+    assert sched is not None and sched.next_wake(start.id) is None
 
 
 def test_a_cancelled_incident_leaves_no_timer(ahead_bot: LocalBot) -> None:
+    clock = ahead_bot.ctx.clock
+    assert isinstance(clock, ManualClock)
     open_incident(ahead_bot)
-    assert len(timers(ahead_bot)) == 4
+    [rca] = _rows(ahead_bot, "rca_kickoff")
+    clock.set(rca.due_at - timedelta(seconds=15))
+    sweep_pass(ahead_bot)
+    assert list(timers(ahead_bot)) == [rca.id]
     response = ahead_bot.driver.command("/incident", "status cancelled")
     assert response.status_code == 200, response.text
     ahead_bot.settle()
