@@ -31,7 +31,7 @@ from bot.context import Context
 from bot.parsing import MAX_TITLE, SERVICE_NAME_RE, SEVERITIES, OpenRequest
 from bot.ports import MessengerError
 from bot.sanitize import clean_text
-from storage.models import SeenRequest
+from storage.models import Incident, SeenRequest
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class Declared:
     incident_id: int
     public_id: str
     again: bool  # the form had been submitted and had opened it already: nothing new was stored
+    opened: Incident | None = None  # as committed, with the announcement's lease taken for the caller's job
 
 
 class FieldErrors(ValueError):
@@ -203,7 +204,7 @@ def declare(ctx: Context, session: Session, request: DeclareRequest, *, user_id:
     limits = ratelimit.command_limits(ctx, ratelimit.OPEN, user_id, request.channel_id)
     ratelimit.take(session, ratelimit.OPEN, limits, now=now, window=ctx.settings.rate_limit_window)
     incident = incidents.open_incident(ctx, session, request.open, channel_id=request.channel_id, user_id=user_id,
-                                       user_name=user_name)
+                                       user_name=user_name, announcing=True)
     if request.description:  # right after "Incident opened": the same moment, the next row
         timeline.add_system_event(session, incident, actor=user_id, actor_name=user_name, at=incident.opened_at,
                                   action="description", text=request.description)
@@ -213,4 +214,4 @@ def declare(ctx: Context, session: Session, request: DeclareRequest, *, user_id:
     if key is not None:
         session.execute(update(SeenRequest).where(SeenRequest.trigger_id == key)
                         .values(answer={"incident_id": incident.id, "public_id": incident.public_id}))
-    return Declared(incident.id, incident.public_id, again=False)
+    return Declared(incident.id, incident.public_id, again=False, opened=incident)

@@ -86,7 +86,7 @@ def _after_declare(ctx: Context, declared: declare.Declared, channel: str, user_
 
     told(answer)
     if not declared.again:
-        announce_telling(ctx, declared.incident_id, declared.public_id, told)
+        announce_telling(ctx, declared.incident_id, declared.public_id, told, opened=declared.opened)
 
 
 def register(app: App, ctx: Context) -> None:
