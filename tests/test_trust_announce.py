@@ -226,14 +226,20 @@ def test_an_open_whose_announcement_job_never_ran_is_posted_by_the_sweep_once_it
         assert bot.slack.calls("conversations.history")  # looked before posting
 
 
+def held_announcement_jobs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, Incident]]:
+    """The announcement jobs the opens start, kept rather than run: (incident id, the incident as committed)."""
+    jobs: list[tuple[int, Incident]] = []
+    monkeypatch.setattr(incident_commands, "announce",
+                        lambda ctx, incident_id, public_id, respond, opened: jobs.append((incident_id, opened)))
+    return jobs
+
+
 def test_an_announcement_job_that_starts_late_renews_the_open_s_lease_and_posts_once(
     database_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A job queued past half its lease renews it (a compare-and-set on the value the open wrote) before it reads
     and posts, so no sweep can find it lapsed meanwhile; it has nothing to look for, as nobody else posted."""
-    jobs: list[tuple[int, Incident]] = []
-    monkeypatch.setattr(incident_commands, "announce",
-                        lambda ctx, incident_id, public_id, respond, opened: jobs.append((incident_id, opened)))
+    jobs = held_announcement_jobs(monkeypatch)
     with clocked_bot(database_url, OPENED_AT) as (bot, clock):
         public_id = open_and_settle(bot, "결제 API 오류")
         [(incident_id, opened)] = jobs
@@ -254,9 +260,7 @@ def test_an_announcement_job_whose_lease_was_taken_over_does_not_post_again(
 ) -> None:
     """The job ran so late that its lease lapsed and the sweep posted the announcement: the job finds its lease
     gone and posts nothing."""
-    jobs: list[tuple[int, Incident]] = []
-    monkeypatch.setattr(incident_commands, "announce",
-                        lambda ctx, incident_id, public_id, respond, opened: jobs.append((incident_id, opened)))
+    jobs = held_announcement_jobs(monkeypatch)
     with clocked_bot(database_url, OPENED_AT) as (bot, clock):
         public_id = open_and_settle(bot, "결제 API 오류")
         [(incident_id, opened)] = jobs
@@ -271,9 +275,7 @@ def test_an_announcement_job_shows_what_changed_after_the_open_committed(
 ) -> None:
     """The job is handed the incident as the open committed it, and shows that only while its row is unchanged:
     a severity changed in between (its thread does not exist yet, so no update would follow) is in the post."""
-    jobs: list[tuple[int, Incident]] = []
-    monkeypatch.setattr(incident_commands, "announce",
-                        lambda ctx, incident_id, public_id, respond, opened: jobs.append((incident_id, opened)))
+    jobs = held_announcement_jobs(monkeypatch)
     with clocked_bot(database_url, OPENED_AT) as (bot, _clock):
         open_and_settle(bot, "결제 API 오류 sev:high")
         [(incident_id, opened)] = jobs
