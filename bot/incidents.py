@@ -63,7 +63,7 @@ def open_incident(
     user_name: str | None = None, announcing: bool = False,
 ) -> Incident:
     """With `announcing`, the caller posts the announcement next, in a job of this process: its lease is taken in
-    the incident's own INSERT (pass `announce_claimed_until` to post_announcement), so the post claims nothing.
+    the incident's own INSERT (pass the incident to post_announcement as `opened`), so the post claims nothing.
     Should the job never run (the process died), the sweep posts it once the lease has lapsed."""
     now = ctx.clock.now()
     day = now.astimezone(ctx.settings.timezone).strftime("%Y%m%d")
