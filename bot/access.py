@@ -122,10 +122,7 @@ def look_up(ctx: Context, pending: AccessPending) -> None:
     """Asks Slack what `pending` needs, off the request path. Raises MessengerError when Slack can't answer."""
     memberships(ctx).ask(pending.user_id)
     for channel in sorted(pending.channels):
-        try:
-            record_visibility(ctx, channel)
-        except MessengerError as error:
-            log.warning("channel visibility lookup failed: %s", error.kind)  # stays private: members only
+        record_visibility(ctx, channel)
 
 
 class Visibilities:
@@ -158,8 +155,14 @@ def visibilities(ctx: Context) -> Visibilities:
 
 
 def record_visibility(ctx: Context, channel: str) -> None:
-    """Remembers whether `channel` is private (conversations.info). Raises MessengerError."""
-    _store_visibility(ctx, channel, ctx.messenger.is_private_channel(channel))
+    """Remembers whether `channel` is private (conversations.info). When Slack can't answer, nothing is stored:
+    the channel counts as private until a later look-up, announcement or sweep asks again."""
+    try:
+        is_private = ctx.messenger.is_private_channel(channel)
+    except MessengerError as error:
+        log.warning("channel visibility lookup failed: %s", error.kind)
+        return
+    _store_visibility(ctx, channel, is_private)
 
 
 def _store_visibility(ctx: Context, channel: str, is_private: bool) -> None:
@@ -178,10 +181,7 @@ def announced_in(ctx: Context, channel: str) -> None:
     asking Slack again. Asks Slack unless this process stored the channel's answer within VISIBILITY_TTL."""
     if visibilities(ctx).stored(channel) is not None:
         return
-    try:
-        record_visibility(ctx, channel)
-    except MessengerError as error:
-        log.warning("channel visibility lookup failed: %s", error.kind)  # counts as private until known
+    record_visibility(ctx, channel)
 
 
 STALE_PER_SWEEP = 20  # channels asked about per sweep: a workspace of many open incidents catches up over sweeps
@@ -201,10 +201,7 @@ def refresh_stale_visibilities(ctx: Context) -> int:
             .order_by(ChannelVisibility.checked_at).limit(STALE_PER_SWEEP)
         ))
     for channel in stale:
-        try:
-            record_visibility(ctx, channel)
-        except MessengerError as error:
-            log.warning("channel visibility lookup failed: %s", error.kind)  # the next sweep asks again
+        record_visibility(ctx, channel)
     return len(stale)
 
 
