@@ -25,9 +25,8 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -162,15 +161,10 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
     kinds = [kind for kind in ("open", "reply") if kind in args.kinds.split(",")]
 
-    with postgres(None) if args.postgres else _given(args.database_url) as server_url:
+    with postgres(None) if args.postgres else nullcontext(args.database_url) as server_url:
         if args.postgres and server_url is None:
             return 2
         return run(args, rates, kinds, server_url)
-
-
-@contextmanager
-def _given(url: str | None) -> Iterator[str | None]:
-    yield url
 
 
 def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_url: str | None) -> int:

@@ -27,9 +27,9 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +58,10 @@ def main() -> int:
     database.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (scripts/pg)")
     parser.add_argument("--breakdown", action="store_true", help="thread CPU per function of the open path")
     args = parser.parse_args()
-    with postgres(None) if args.postgres else _given(args.database_url) as server_url:
+    with postgres(None) if args.postgres else nullcontext(args.database_url) as server_url:
         if args.postgres and server_url is None:
             return 2
         return run(args, server_url)
-
-
-@contextmanager
-def _given(url: str | None) -> Iterator[str | None]:
-    yield url
 
 
 def run(args: argparse.Namespace, server_url: str | None) -> int:
