@@ -220,10 +220,12 @@ def _after_commit(ctx: Context, session: Session) -> None:
     # A timer for what comes due within TIMER_HORIZON (the sweep sets the rest in time); a timer set before, for a
     # time that has moved away or is no longer pending, goes. A stale timer would find nothing due to claim anyway.
     near = ctx.clock.now() + TIMER_HORIZON
-    changes = {reminder_id: due_at if due_at is not None and due_at <= near else None
-               for reminder_id, due_at in queue.items()}
-    changes = {reminder_id: due_at for reminder_id, due_at in changes.items()
-               if due_at is not None or sched.next_wake(reminder_id) is not None}
+    changes: dict[int, datetime | None] = {}
+    for reminder_id, due_at in queue.items():
+        if due_at is not None and due_at <= near:
+            changes[reminder_id] = due_at
+        elif sched.next_wake(reminder_id) is not None:
+            changes[reminder_id] = None
     if changes:
         ctx.jobs.submit(_sync_jobs, ctx, changes)
 
