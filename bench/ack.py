@@ -171,7 +171,7 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
     sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
     scratch = ScratchDatabase(server_url)
     env = {"SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-           "LISTENER_THREADS": "16", "LOG_LEVEL": "WARNING",
+           "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO",
            # The bench's opens come from a few users in one channel. Limits high enough never to refuse, not off, so
            # the limiter's query still runs on every open as it does in production.
            "RATE_LIMIT_OPEN_PER_USER": "100000", "RATE_LIMIT_OPEN_PER_CHANNEL": "100000",

@@ -127,7 +127,7 @@ def main() -> int:
     gcp_url, project, region, service, monitoring_address = gcp.hello
     scratch = ScratchDatabase(args.database_url)
     env = {"SLACK_API_URL": slack.hello[0], "SLACK_BOT_TOKEN": slack.hello[1], "SLACK_SIGNING_SECRET": SECRET,
-           "DATABASE_URL": scratch.url, "LOG_LEVEL": "WARNING", "ALERT_WEBHOOK_TOKEN": TOKEN,
+           "DATABASE_URL": scratch.url, "LOG_LEVEL": "INFO", "ALERT_WEBHOOK_TOKEN": TOKEN,
            "ALERT_CHANNEL": ALERTS, "GCP_PROJECT": project, "CLOUD_RUN_REGION": region,
            "CLOUD_LOGGING_API_URL": gcp_url, "CLOUD_RUN_API_URL": gcp_url,
            "CLOUD_MONITORING_API_URL": monitoring_address,

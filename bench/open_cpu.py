@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, server_url: str | None) -> int:
     scratch = ScratchDatabase(server_url)
     os.environ.update({
         "SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-        "LISTENER_THREADS": "16", "LOG_LEVEL": "WARNING", "DATABASE_URL": scratch.url,
+        "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO", "DATABASE_URL": scratch.url,
         # As bench/ack.py: never refusing, but still counted on every open.
         "RATE_LIMIT_OPEN_PER_USER": "100000", "RATE_LIMIT_OPEN_PER_CHANNEL": "100000",
         "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000",
