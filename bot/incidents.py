@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -101,11 +101,15 @@ def open_incident(
 
 
 def announcement_context(ctx: Context, session: Session, incident: Incident) -> dict[str, Any]:
-    roles = session.execute(_roles_of(), {"incident": incident.id}).all()
+    return _shown(ctx, incident, session.execute(_roles_of(), {"incident": incident.id}).all())
+
+
+def _shown(ctx: Context, incident: Incident, roles: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """What the announcement shows: the incident and its roles ((role, user) pairs)."""
     return {
         "incident": incident,
         "fmt": ctx.formatter(),
-        "roles": {role: user for role, user in roles},
+        "roles": dict(roles),
         "role_order": ctx.settings.roles,
         "durations": durations.compute(incident),
         "spans_days": ctx.formatter().spans_days(
@@ -235,19 +239,25 @@ def _still_held(ctx: Context, opened: Incident) -> tuple[Claim, Incident, dict[s
             if not renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
                                Incident.announcement_ts.is_(None), held=held_until, until=until):
                 return None
-    with ctx.db.read() as session:
-        state = session.execute(_lease_state(), {"incident": incident_id}).first()
-        if state is None or state.announcement_ts is not None or state.announce_claimed_until != until:
-            return None
-        incident = opened if state.updated_at == opened.updated_at else session.get_one(Incident, incident_id)
-        return Claim(until, retried=False), incident, announcement_context(ctx, session, incident)
+    # The lease's state, the row's updated_at and the roles in one SELECT outside a transaction (one row per role).
+    with ctx.db.lone_read() as connection:
+        rows = connection.execute(_lease_state(), {"incident": incident_id}).all()
+    if not rows or rows[0].announcement_ts is not None or rows[0].announce_claimed_until != until:
+        return None
+    if rows[0].updated_at != opened.updated_at:  # changed since the open committed: shown as it is now
+        with ctx.db.read() as session:
+            incident = session.get_one(Incident, incident_id)
+            return Claim(until, retried=False), incident, announcement_context(ctx, session, incident)
+    return Claim(until, retried=False), opened, _shown(ctx, opened, [(r.role, r.user_id) for r in rows if r.role])
 
 
 @functools.cache
 def _lease_state() -> Any:
-    table = cast(Table, Incident.__table__)
-    return (select(table.c.announcement_ts, table.c.announce_claimed_until, table.c.updated_at)
-            .where(table.c.id == bindparam("incident")))
+    incidents, roles = cast(Table, Incident.__table__), cast(Table, RoleAssignment.__table__)
+    return (select(incidents.c.announcement_ts, incidents.c.announce_claimed_until, incidents.c.updated_at,
+                   roles.c.role, roles.c.user_id)
+            .select_from(incidents.outerjoin(roles, roles.c.incident_id == incidents.c.id))
+            .where(incidents.c.id == bindparam("incident")))
 
 
 def _claimed(ctx: Context, incident_id: int) -> tuple[Claim, Incident, dict[str, Any]] | None:

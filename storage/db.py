@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT = 2.0
 READ_ONLY_OPTION = "incident_bot_read_only"
 SINGLE_STATEMENT_OPTION = "incident_bot_single_statement"
+LONE_READ_OPTION = "incident_bot_lone_read"
 # A commit that crosses SQLite's default 1,000-page threshold checkpoints the WAL itself: that stalled one
 # `/incident open` in a hundred by 15 ms. The runtime checkpoints in the background every second instead;
 # this higher threshold only bounds the WAL when nothing does (a CLI command, a test).
@@ -102,8 +103,10 @@ def _configure_sqlite(engine: Engine, busy_timeout: float, file: SqliteFile | No
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
         # fails at once with "database is locked" under concurrency instead of waiting its turn.
         # Read-only work (a long report render) stays DEFERRED so it never blocks writers under WAL.
-        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
-        if read_only:
+        options = connection.get_execution_options()
+        if options.get(LONE_READ_OPTION, False):
+            return  # Database.lone_read(): the connection is in autocommit, its one SELECT its own snapshot
+        if options.get(READ_ONLY_OPTION, False):
             connection.exec_driver_sql("BEGIN")
             return
         if file is not None and not file.writable():
@@ -266,6 +269,9 @@ class Database:
         self._statement_engine = self.engine.execution_options(
             **({SINGLE_STATEMENT_OPTION: True} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"})
         )
+        self._lone_read_engine = self.engine.execution_options(
+            **({LONE_READ_OPTION: True} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"})
+        )
 
     @property
     def dialect(self) -> str:
@@ -283,6 +289,13 @@ class Database:
         a Session, whose bookkeeping was a third of that write's CPU. Two statements that must agree take
         session()."""
         with self._statement_engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def lone_read(self) -> Iterator[Connection]:
+        """ONE Core SELECT, outside any transaction (its own snapshot): on PostgreSQL one round trip instead of four
+        (BEGIN, the read, COMMIT), on SQLite no lock at all. Two reads that must agree take read()."""
+        with self._lone_read_engine.connect() as connection:
             yield connection
 
     @contextmanager
