@@ -28,23 +28,19 @@ def after_commit(session: Session, then: Callable[[], object], *, state_key: str
     Domain functions work in their caller's unit of work, so this is how they hand on what must never run before
     (or without) the commit: Slack calls, timers. `then` must not use the session; it usually submits jobs.
     """
-    queued: list[tuple[Callable[[], object], str | None]] | None = session.info.get(_AFTER_COMMIT)
-    if queued is None:
-        queued = session.info[_AFTER_COMMIT] = []
-        event.listen(session, "after_commit", _run_committed)
-        event.listen(session, "after_rollback", _drop_rolled_back)
-    queued.append((then, state_key))
+    session.info.setdefault(_AFTER_COMMIT, []).append((then, state_key))
 
 
+# Listening on the class, once: a listener added to each session cost more than its commit's callbacks.
+@event.listens_for(Session, "after_commit")
 def _run_committed(session: Session) -> None:
-    queued, session.info[_AFTER_COMMIT] = session.info.get(_AFTER_COMMIT, []), []
-    for then, _ in queued:
+    for then, _ in session.info.pop(_AFTER_COMMIT, ()):
         then()
 
 
+@event.listens_for(Session, "after_rollback")
 def _drop_rolled_back(session: Session) -> None:
-    queued, session.info[_AFTER_COMMIT] = session.info.get(_AFTER_COMMIT, []), []
-    for _, state_key in queued:
+    for _, state_key in session.info.pop(_AFTER_COMMIT, ()):
         if state_key is not None:
             session.info.pop(state_key, None)
 
