@@ -293,8 +293,8 @@ class Database:
 
     @contextmanager
     def lone_read(self) -> Iterator[Connection]:
-        """ONE Core SELECT, outside any transaction (its own snapshot): on PostgreSQL one round trip instead of four
-        (BEGIN, the read, COMMIT), on SQLite no lock at all. Two reads that must agree take read()."""
+        """ONE Core SELECT, outside any transaction (its own snapshot): on PostgreSQL one round trip, not three
+        (BEGIN, the read, COMMIT); on SQLite no BEGIN, and never the write lock. Reads that must agree take read()."""
         with self._lone_read_engine.connect() as connection:
             yield connection
 
