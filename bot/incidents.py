@@ -244,11 +244,12 @@ def _still_held(ctx: Context, opened: Incident) -> tuple[Claim, Incident, dict[s
         rows = connection.execute(_lease_state(), {"incident": incident_id}).all()
     if not rows or rows[0].announcement_ts is not None or rows[0].announce_claimed_until != until:
         return None
+    claim = Claim(until, retried=False)
     if rows[0].updated_at != opened.updated_at:  # changed since the open committed: shown as it is now
         with ctx.db.read() as session:
             incident = session.get_one(Incident, incident_id)
-            return Claim(until, retried=False), incident, announcement_context(ctx, session, incident)
-    return Claim(until, retried=False), opened, _shown(ctx, opened, [(r.role, r.user_id) for r in rows if r.role])
+            return claim, incident, announcement_context(ctx, session, incident)
+    return claim, opened, _shown(ctx, opened, [(r.role, r.user_id) for r in rows if r.role is not None])
 
 
 @functools.cache
