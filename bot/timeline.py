@@ -6,7 +6,7 @@ import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Table, select, update
+from sqlalchemy import Connection, CursorResult, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import Incident, TimelineEvent
@@ -18,12 +18,28 @@ def add_system_event(
     data: dict[str, Any] | None = None, text: str = "", actor_name: str | None = None,
 ) -> TimelineEvent:
     """A change made through the bot (who, what, old → new); templates turn `action`+`data` into words."""
-    event = TimelineEvent(
-        incident_id=incident.id, kind="system", occurred_at=at, author_id=actor, author_name=actor_name, text=text,
-        data={"action": action, **(data or {})},
-    )
+    event = TimelineEvent(**_system_row(incident.id, actor, at, action, data, text, actor_name))
     session.add(event)
     return event
+
+
+def insert_system_event(
+    session: Session, incident_id: int, *, actor: str | None, at: datetime, action: str,
+    data: dict[str, Any] | None = None, text: str = "", actor_name: str | None = None,
+) -> None:
+    """add_system_event in one Core INSERT, written at once, for a hot path that needs no TimelineEvent back."""
+    session.execute(_system_insert(), _system_row(incident_id, actor, at, action, data, text, actor_name))
+
+
+def _system_row(incident_id: int, actor: str | None, at: datetime, action: str, data: dict[str, Any] | None,
+                text: str, actor_name: str | None) -> dict[str, Any]:
+    return {"incident_id": incident_id, "kind": "system", "occurred_at": at, "author_id": actor,
+            "author_name": actor_name, "text": text, "data": {"action": action, **(data or {})}}
+
+
+@functools.cache
+def _system_insert() -> Any:
+    return insert(cast(Table, TimelineEvent.__table__))
 
 
 def record_message(
