@@ -90,7 +90,7 @@ def open_incident(
     }
     # The row and its first event by Core INSERTs, the row read back as the session's Incident: the ORM's unit of
     # work for the two was a sixth of an open's CPU (bench/open_cpu.py, profiled with yappi).
-    incident = session.scalars(_incident_insert(), row).one()
+    incident: Incident = session.scalars(_incident_insert(), row).one()
     timeline.insert_system_event(
         session, incident.id, actor=user_id, actor_name=user_name, at=now, action="opened",
         data={"title": request.title, "severity": request.severity, "service": service},
