@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Select, Table, bindparam, delete, func, select
+from sqlalchemy import BigInteger, Integer, Select, Table, bindparam, delete, func, insert, select, union_all
+from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
 from bot.context import Context
 from storage.models import RateHit
-from storage.sql import dialect_name, insert
+from storage.sql import dialect_name
 
 OPEN = "open"
 POST = "post"
@@ -56,18 +57,25 @@ def take(session: Session, source: str, limits: Sequence[Limit], *, now: datetim
     active = {limit.key: limit for limit in limits if limit.most > 0}
     if not active:
         return []
-    dialect = dialect_name(session)
-    if dialect == "postgresql":
-        # In one global order, so two requests sharing a channel never wait on each other in a cycle.
-        lock_ids = sorted(_lock_id(source, key) for key in active)
+    keys = list(active)
+    params: dict[str, Any] = {"source": source, "since": now - window, "at": now}
+    for i, key in enumerate(keys):
+        params |= {f"key_{i}": key, f"most_{i}": active[key].most}
+    if dialect_name(session) == "postgresql":
+        # In one global order, so two requests sharing a channel never wait on each other in a cycle. A statement
+        # of its own: the INSERT below then reads the hits under a snapshot taken once the locks are held.
+        lock_ids = sorted(_lock_id(source, key) for key in keys)
         session.execute(_advisory_locks(len(lock_ids)), {f"lock_{i}": lock_id for i, lock_id in enumerate(lock_ids)})
-    counted = session.execute(_counted(), {"source": source, "keys": list(active), "since": now - window}).all()
+    # One statement counts and inserts: a hit for each budget with room left. All of them, or it is a refusal.
+    taken = session.execute(_hits_where_room(len(keys)), params).all()
+    if len(taken) == len(keys):
+        return [hit_id for hit_id, in taken]
+    if taken:  # some budgets had room: those hits go again, so that a refusal counts nothing
+        session.execute(delete(RateHit).where(RateHit.id.in_([hit_id for hit_id, in taken])))
+    counted = session.execute(_counted(), {"source": source, "keys": keys, "since": now - window}).all()
     spent = [(first + window, active[key]) for key, hits, first in counted if hits >= active[key].most]
-    if spent:
-        retry_at, limit = max(spent, key=lambda pair: pair[0])  # every spent budget must have room again
-        raise RateLimited(source, limit, window, retry_at)
-    rows = [{"source": source, "key": key, "at": now} for key in active]
-    return list(session.scalars(_hits_insert(dialect), rows).all())
+    retry_at, limit = max(spent, key=lambda pair: pair[0])  # every spent budget must have room again
+    raise RateLimited(source, limit, window, retry_at)
 
 
 # Built once, Core statements run with parameters: building them (and the ORM's bookkeeping) cost more than the SQL.
@@ -77,19 +85,33 @@ def _advisory_locks(count: int) -> Select[Any]:
 
 
 @functools.cache
+def _hits_where_room(count: int) -> Any:
+    """INSERT INTO rate_hits SELECT … per budget key, each row only while the key's hits in the window are under
+    its limit; RETURNING the ids of the hits taken."""
+    table = cast(Table, RateHit.__table__)
+    # The strings typed for PostgreSQL, whose UNION would otherwise make them text. Not the time: SQLite's CAST to
+    # a DATETIME would make it a number, and both drivers send a datetime typed.
+    source = cast_(bindparam("source", type_=table.c.source.type), table.c.source.type)
+    at = bindparam("at", type_=table.c.at.type)
+    rows = []
+    for i in range(count):
+        key = cast_(bindparam(f"key_{i}", type_=table.c.key.type), table.c.key.type)
+        hits = (select(func.count()).select_from(table)
+                .where(table.c.source == source, table.c.key == key,
+                       table.c.at > bindparam("since", type_=table.c.at.type))
+                .scalar_subquery())
+        rows.append(select(source, key, at).where(hits < bindparam(f"most_{i}", type_=Integer)))
+    return (insert(table).from_select(["source", "key", "at"], union_all(*rows) if count > 1 else rows[0])
+            .returning(table.c.id))
+
+
+@functools.cache
 def _counted() -> Select[Any]:
     table = cast(Table, RateHit.__table__)
     return (select(table.c.key, func.count(), func.min(table.c.at))
             .where(table.c.source == bindparam("source"), table.c.key.in_(bindparam("keys", expanding=True)),
                    table.c.at > bindparam("since", type_=table.c.at.type))
             .group_by(table.c.key))
-
-
-@functools.cache
-def _hits_insert(dialect: str) -> Any:
-    """One INSERT … RETURNING for all the hits, the rows as parameters."""
-    table = cast(Table, RateHit.__table__)
-    return insert(dialect, table).returning(table.c.id)
 
 
 def give_back(ctx: Context, hit_ids: Sequence[int]) -> None:

@@ -203,6 +203,9 @@ def test_the_channel_limit_holds_across_users_and_channels_count_apart(database_
         refused = bot.driver.command("/incident", "open one too many", user="U0NEWBIE").json()["text"]
         assert "This channel takes at most 3 new incidents per 1 min." in refused
         assert "Try again in 60 s (after 05:01:00 UTC)" in refused and "nothing was saved" in refused
+        # The person's own budget had room, and the refusal counted nothing against it either.
+        with bot.ctx.db.read() as session:
+            assert session.scalars(select(RateHit.key).where(RateHit.key == "user:U0NEWBIE")).all() == []
         open_incident(bot, "elsewhere", user="U0NEWBIE", channel="C0OTHER", channel_name="other")
         bot.settle()
         assert count(bot, Incident) == 4
