@@ -33,6 +33,11 @@ _POLL_SECONDS = 0.05
 MAX_TRIGGER_ID = 255
 
 
+class Replayed(Exception):
+    """A second delivery of a trigger_id whose first delivery ran the request (or is running it): the transaction
+    that found out stores nothing, and the replay is answered with the first delivery's answer."""
+
+
 def dedupe_key(body: dict[str, Any]) -> str | None:
     trigger_id = body.get("trigger_id")
     if not isinstance(trigger_id, str) or not trigger_id or len(trigger_id) > MAX_TRIGGER_ID:

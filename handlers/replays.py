@@ -57,7 +57,7 @@ def answer_again(ack: Ack, answer: dict[str, Any]) -> None:
 
 
 def claim(ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: str | None,
-          pending: Callable[[Ack], object], also: Callable[[Session], None] | None = None) -> Ack | None:
+          pending: Callable[[Ack], object], also: Callable[[Session], object] | None = None) -> Ack | None:
     """The ack to run the request with, or None when it is a replay and has been answered already.
 
     `also` runs in the transaction that records a first delivery (or for a request without a trigger_id, which
@@ -74,13 +74,42 @@ def claim(ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: s
         return ack
     if first:
         return RecordingAck(ctx, ack, trigger_id)  # type: ignore[return-value]  # called as Bolt's Ack is
+    answer_replay(ctx, trigger_id, ack, kind=kind, pending=pending)
+    return None
+
+
+def answer_replay(ctx: Context, trigger_id: str, ack: Ack, *, kind: str, pending: Callable[[Ack], object]) -> None:
     log.info("replayed %s answered from its first delivery", kind)
     answer = replays.wait_for_answer(ctx, trigger_id)
     if answer is None:
         pending(ack)
     else:
         answer_again(ack, answer)
-    return None
+
+
+class Admission:
+    """claim() for a request whose work is one transaction of its own (`/incident open`): the delivery is recorded,
+    and `also` run, in that transaction, so the ack waits for one commit rather than two. The request runs with
+    `ack`; the transaction calls the admission first, which raises replays.Replayed for a replay (answer it with
+    `answer_replay`)."""
+
+    def __init__(self, ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: str | None,
+                 also: Callable[[Session], Any]) -> None:
+        self._ctx, self._kind, self._user_id, self._also = ctx, kind, user_id, also
+        self._raw_ack = ack
+        self.trigger_id = replays.dedupe_key(body)
+        self.ack: Ack = ack if self.trigger_id is None else RecordingAck(ctx, ack, self.trigger_id)  # type: ignore[assignment]
+
+    def __call__(self, session: Session) -> Any:
+        """Records the delivery (Replayed when it is a replay), then returns what `also` returns."""
+        if self.trigger_id is not None and not replays.first_delivery(
+                session, self._ctx.clock.now(), self.trigger_id, self._kind, self._user_id):
+            raise replays.Replayed(self.trigger_id)
+        return self._also(session)
+
+    def answer_replay(self, pending: Callable[[Ack], object]) -> None:
+        assert self.trigger_id is not None  # only a deduplicated request is ever a replay
+        answer_replay(self._ctx, self.trigger_id, self._raw_ack, kind=self._kind, pending=pending)
 
 
 def once(ctx: Context) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

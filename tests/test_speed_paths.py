@@ -131,11 +131,11 @@ def test_a_reply_in_an_unknown_thread_is_one_read_and_no_write(bot: LocalBot, qu
 
 
 OPEN_ACK = {
-    # The replay guard and the rate limits in one transaction, then the open in another, which also keeps the
-    # answer for replays (one UPDATE here rather than a transaction of its own after the ack). The rate hits (each
-    # only where its budget has room) and the four reminders are one INSERT each.
+    # One transaction: the replay guard, the rate limits, the open, and the answer kept for replays (one UPDATE
+    # here rather than a transaction of its own after the ack). The rate hits (each only where its budget has
+    # room) and the four reminders are one INSERT each.
     "sqlite": ["BEGIN", "INSERT seen_requests", "INSERT rate_hits",
-               "BEGIN", "INSERT incident_sequences", "INSERT incidents", "INSERT timeline_events", "INSERT reminders",
+               "INSERT incident_sequences", "INSERT incidents", "INSERT timeline_events", "INSERT reminders",
                "UPDATE seen_requests"],
     # PostgreSQL's BEGIN is no statement of its own here; the per-budget advisory locks are one SELECT.
     "postgresql": ["INSERT seen_requests", "SELECT pg_advisory_xact_lock(%(lock_0)s::BIGINT)",

@@ -84,11 +84,26 @@ def dispatch(
     # again, so they are answered afresh and cost no write.
     budget = rate_budget(group, command_text(body).sub)
     spend = ratelimit.Spend()
+
+    def take_budget(session: Session) -> ratelimit.RateLimited | None:
+        assert budget is not None
+        spend.take(ctx, session, budget, body.get("user_id", ""), body.get("channel_id", ""))
+        return spend.refused
+
+    # What the subcommand hands to ctx.jobs (the announcement, scheduler jobs) waits until the ack is written.
+    held = ctx.jobs.held_until(context.get(ACK_WRITTEN) if context is not None else None)
+    if budget == ratelimit.OPEN:
+        # An open is one transaction: the delivery is recorded and the budget taken in it (CommandRequest.admit),
+        # so the ack waits for one commit, not two.
+        admission = replay_guard.Admission(ctx, body, ack, kind="command", user_id=body.get("user_id"),
+                                           also=take_budget)
+        with held:
+            _dispatch(ctx, group, table, body, admission.ack, respond, spend, admission)
+        return
     try:
         run_ack = ack if budget is None else replay_guard.claim(
-            ctx, body, ack, kind="command", user_id=body.get("user_id"),
-            pending=lambda pending_ack: pending_ack(response_type="ephemeral", text=ctx.say("trust.replay_pending")),
-            also=lambda session: spend.take(ctx, session, budget, body.get("user_id", ""), body.get("channel_id", "")),
+            ctx, body, ack, kind="command", user_id=body.get("user_id"), pending=_replay_pending(ctx),
+            also=take_budget,
         )
     except SQLAlchemyError:
         outage_log.error(log, "database unavailable while checking %s for a replay", body.get("command"))
@@ -96,9 +111,13 @@ def dispatch(
         return
     if run_ack is None:
         return
-    # What the subcommand hands to ctx.jobs (the announcement, scheduler jobs) waits until the ack is written.
-    with ctx.jobs.held_until(context.get(ACK_WRITTEN) if context is not None else None):
+    with held:
         _dispatch(ctx, group, table, body, run_ack, respond, spend)
+
+
+def _replay_pending(ctx: Context) -> Callable[[Ack], object]:
+    """How a replay is answered when its first delivery has not answered in time."""
+    return lambda ack: ack(response_type="ephemeral", text=ctx.say("trust.replay_pending"))
 
 
 def command_text(body: dict[str, Any]) -> CommandText:
@@ -107,7 +126,7 @@ def command_text(body: dict[str, Any]) -> CommandText:
 
 def _dispatch(
     ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond,
-    spend: ratelimit.Spend | None = None,
+    spend: ratelimit.Spend | None = None, admission: replay_guard.Admission | None = None,
 ) -> None:
     parsed = command_text(body)
     request = CommandRequest(
@@ -119,6 +138,7 @@ def _dispatch(
         response_url=body.get("response_url"),
         trigger_id=body.get("trigger_id"),
         keep_answer=_keeper(ctx, ack),
+        **({"admit": admission} if admission is not None else {}),
     )
     handler = table.get(parsed.sub) if parsed.sub else table.get("help")
     spend = spend or ratelimit.Spend()
@@ -127,6 +147,10 @@ def _dispatch(
         if handler is None:
             raise UsageError("unknown_subcommand", "", value=parsed.sub)
         answer = handler(ctx, request, respond)
+    except replays.Replayed:
+        assert admission is not None  # only an admission finds a replay inside the handler
+        admission.answer_replay(_replay_pending(ctx))
+        return
     except ratelimit.RateLimited as limited:
         answer = rate_limited_answer(ctx, limited)
     except AccessPending as pending:
