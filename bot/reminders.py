@@ -313,17 +313,27 @@ def on_open(ctx: Context, session: Session, incident: Incident) -> None:
         return
     rows = [{"incident_id": incident.id, "kind": kind, "action_item_id": None, "due_at": due_at, "attempts": 0,
              "late": False} for kind, due_at in due.items()]
+    dialect = dialect_name(session)
+    if all(due_at > now + TIMER_HORIZON for due_at in due.values()):
+        # The usual open: nothing due within the horizon, so no timer to set (the sweep sets them in time) and no
+        # ids to learn. A new row can have no timer to take down either.
+        session.execute(_new_reminders(dialect, returning=False), rows)
+        soonest = _soonest(ctx)
+        for due_at in due.values():
+            soonest.lower(incident.id, due_at)
+        return
     # Rows as parameters (SQLAlchemy's insertmanyvalues); `.values(rows)` was compiled anew every time. One row per
     # kind, so RETURNING's order does not matter.
-    written = session.execute(_new_reminders(dialect_name(session)), rows).all()
+    written = session.execute(_new_reminders(dialect, returning=True), rows).all()
     _queue_times(ctx, session, [(reminder_id, incident.id, due[kind]) for reminder_id, kind in written])
 
 
 @functools.cache
-def _new_reminders(dialect: str) -> Any:
+def _new_reminders(dialect: str, *, returning: bool) -> Any:
     """Built once per dialect: building it cost the ack."""
     table = cast(Table, Reminder.__table__)
-    return insert(dialect, table).returning(table.c.id, table.c.kind)
+    statement = insert(dialect, table)
+    return statement.returning(table.c.id, table.c.kind) if returning else statement
 
 
 def _schedule_meeting(ctx: Context, session: Session, incident: Incident) -> None:
