@@ -114,13 +114,14 @@ def announcement_context(ctx: Context, session: Session, incident: Incident) -> 
 
 def _shown(ctx: Context, incident: Incident, roles: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """What the announcement shows: the incident and its roles ((role, user) pairs)."""
+    fmt = ctx.formatter()
     return {
         "incident": incident,
-        "fmt": ctx.formatter(),
+        "fmt": fmt,
         "roles": dict(roles),
         "role_order": ctx.settings.roles,
         "durations": durations.compute(incident),
-        "spans_days": ctx.formatter().spans_days(
+        "spans_days": fmt.spans_days(
             [incident.deployed_at, incident.started_at, incident.detected_at, incident.rollback_at,
              incident.recovered_at, incident.opened_at, incident.meeting_at, incident.resolved_at,
              incident.cancelled_at]
