@@ -309,6 +309,7 @@ class Renderer:
         self.locales = catalogue_locales()
         self._slack = {locale: _make_env(slack_escape, translations(locale)) for locale in self.locales}
         self._markdown = {locale: _make_env(markdown_escape, translations(locale)) for locale in self.locales}
+        self._said: dict[tuple[str, str], str] = {}  # (key, locale) → the text of a message without values
 
     def _env(self, envs: dict[str, Environment], locale: str) -> Environment:
         try:
@@ -324,7 +325,16 @@ class Renderer:
         return RenderedMessage(text=plain_fallback(rendered), blocks=text_to_blocks(rendered))
 
     def say(self, key: str, locale: str, **params: Any) -> str:
-        """`group.name` → macro `name` of templates/messages/<group>.j2, so each domain owns a file."""
+        """`group.name` → macro `name` of templates/messages/<group>.j2, so each domain owns a file. A message
+        without values is the same every time: rendered once (a note like "limits.truncated" goes with every ack)."""
+        if not params:
+            said = self._said.get((key, locale))
+            if said is None:
+                said = self._said[(key, locale)] = self._say(key, locale)
+            return said
+        return self._say(key, locale, **params)
+
+    def _say(self, key: str, locale: str, **params: Any) -> str:
         group, _, name = key.partition(".")
         module = self._env(self._slack, locale).get_template(f"messages/{group}.j2").module
         return str(getattr(module, name)(**params)).strip()
