@@ -186,14 +186,14 @@ def _expire(ctx: Context) -> None:
 def register(app: App, ctx: Context) -> None:
     ctx.hooks.on_sweep.register(_expire)
 
-    # Before the general listener: Bolt runs the first whose matchers pass.
-    @app.command("/incident", matchers=[incident.wants_form])
-    def incident_open_form(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
-        incident.open_form(ctx, body, ack, respond)
-
     @app.command("/incident")
     def incident_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:
-        dispatch(ctx, "incident", INCIDENT_SUBCOMMANDS, body, ack, respond, context)
+        # `/incident open` alone opens the declare form. Decided here rather than by a listener with a matcher of
+        # its own: Bolt builds a listener's arguments anew for each matcher it asks, on every command.
+        if incident.wants_form(body):
+            incident.open_form(ctx, body, ack, respond)
+        else:
+            dispatch(ctx, "incident", INCIDENT_SUBCOMMANDS, body, ack, respond, context)
 
     @app.command("/postmortem")
     def postmortem_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:
