@@ -13,6 +13,7 @@ from typing import Any
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
+from slack_bolt.middleware import Middleware
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -183,22 +184,28 @@ class SetWhenClosed:
 
 
 def register(app: App, ctx: Context) -> None:
-    team_id = ctx.settings.slack_team_id
+    app.use(Guard(ctx.settings.slack_team_id, DatabaseHealth(ctx)))
 
-    @app.middleware
-    def guard(req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
+
+class Guard(Middleware):
+    """Refuses what no listener should see. A Middleware class rather than a function given to @app.middleware:
+    Bolt calls its process() directly, where a function's arguments are built anew for every request."""
+
+    def __init__(self, team_id: str | None, health: DatabaseHealth) -> None:
+        self.team_id, self.health = team_id, health
+
+    def process(self, *, req: BoltRequest, resp: BoltResponse,
+                next: Callable[[], BoltResponse]) -> BoltResponse | None:
         body = req.body if isinstance(req.body, dict) else {}
         if not well_formed(body):  # the preflight has checked already; Socket Mode requests come only here
             return BoltResponse(status=400, body="malformed payload")
-        if team_id and body.get("type") != "url_verification" and request_team(body) != team_id:
+        if self.team_id and body.get("type") != "url_verification" and request_team(body) != self.team_id:
             return BoltResponse(status=403, body="wrong workspace")
-        if body.get("type") == "event_callback" and not health.up():
+        if body.get("type") == "event_callback" and not self.health.up():
             # Known down: refuse before any listener work. A 503 makes Slack deliver it again (three retries over
             # about five minutes); a write that fails inside a listener answers 503 the same way.
             return BoltResponse(status=503, body={"error": "database unavailable"})
         return next()
-
-    health = DatabaseHealth(ctx)
 
 
 class DatabaseHealth:
