@@ -124,24 +124,27 @@ def _configure_sqlite(engine: Engine, busy_timeout: float, file: SqliteFile | No
             _open_gate(connection)
             raise
 
-    # Database.statement(): the connection is in autocommit, so its one statement is its own transaction, done when
-    # the cursor's execute returns. The gate is held for that step of SQLite alone, with SQLAlchemy's own work
-    # before and after it outside: under a burst of replies, every GIL hand-over inside the gate held up all the
-    # other writers.
-    @event.listens_for(engine, "before_cursor_execute")
-    def _gate_statement(connection: Any, *_args: Any) -> None:
-        if connection.get_execution_options().get(SINGLE_STATEMENT_OPTION, False):
-            if not gate.acquire(timeout=busy_timeout):
-                raise OperationalError("INSERT", None, sqlite3.OperationalError("database is locked"))
-            _gates_held[connection] = gate
-
-    @event.listens_for(engine, "after_cursor_execute")
-    def _statement_done(connection: Any, *_args: Any) -> None:
-        if connection.get_execution_options().get(SINGLE_STATEMENT_OPTION, False):
-            _open_gate(connection)
-
     event.listen(engine, "commit", _open_gate)
     event.listen(engine, "rollback", _open_gate)  # also after a statement that failed
+
+
+def _gate_single_statements(statement_engine: Engine, busy_timeout: float) -> None:
+    """Database.statement(): the connection is in autocommit, so its one statement is its own transaction, done when
+    the cursor's execute returns. The gate is held for that step of SQLite alone, with SQLAlchemy's own work
+    before and after it outside: under a burst of replies, every GIL hand-over inside the gate held up all the
+    other writers. Listened for on the statement engine alone (an OptionEngine keeps its own listeners): on the
+    engine, these two ran for every statement of every transaction."""
+    gate = _writer_gate(statement_engine.url.database or "")
+
+    @event.listens_for(statement_engine, "before_cursor_execute")
+    def _gate_statement(connection: Any, *_args: Any) -> None:
+        if not gate.acquire(timeout=busy_timeout):
+            raise OperationalError("INSERT", None, sqlite3.OperationalError("database is locked"))
+        _gates_held[connection] = gate
+
+    @event.listens_for(statement_engine, "after_cursor_execute")
+    def _statement_done(connection: Any, *_args: Any) -> None:
+        _open_gate(connection)
 
 
 _gates: dict[str, threading.Lock] = {}
@@ -269,6 +272,8 @@ class Database:
         self._statement_engine = self.engine.execution_options(
             **({SINGLE_STATEMENT_OPTION: True} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"})
         )
+        if self.dialect == "sqlite":
+            _gate_single_statements(self._statement_engine, engine_kwargs.get("busy_timeout", SQLITE_BUSY_TIMEOUT))
         self._lone_read_engine = self.engine.execution_options(
             **({LONE_READ_OPTION: True} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"})
         )
