@@ -1,0 +1,117 @@
+"""Profile: the instructions one `/incident open` costs inside the app, counted by valgrind's callgrind.
+
+    python bench/open_instructions.py [--opens 40] [--rate 2] [--database-url postgresql+psycopg://... | --postgres]
+
+The same work as bench/open_cpu.py (the app built as `incident-bot serve` builds it, its WSGI callable called with
+signed opens, the Slack sandbox in a process of its own answering chat.postMessage after 300 ms), run under
+`valgrind --tool=callgrind` with counting switched on (callgrind_control) only from just before the measured opens
+until their announcements are posted and the process is quiet. It prints the instructions per open, background
+work included.
+
+Why: CPU time on these shared VMs moved by ±15% between runs minutes apart, so a change worth a few percent could
+not be seen in it. The count of instructions is the same within about 1.5% from run to run. It leaves out what the
+kernel does (system calls, thread switches) and says nothing of stalls, so the CPU figure that counts is still
+bench/ack.py's; this one tells whether a change made the app do less. Compare two trees by running it in each
+(a `git worktree` of the other commit), one after the other or side by side. Under valgrind everything runs about
+50 times slower: 40 opens at 2 a second take about a minute. Needs valgrind (Debian: `apt-get install valgrind`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+
+from _servers import ChildSandbox, ScratchDatabase, Signer, postgres  # noqa: E402
+from ack import POST_LATENCY, SECRET, opens  # noqa: E402
+from open_cpu import batch  # noqa: E402
+
+_INSIDE = "INCIDENT_BOT_UNDER_CALLGRIND"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--opens", type=int, default=40)
+    parser.add_argument("--rate", type=float, default=2.0, help="opens per second (valgrind runs ~50× slower)")
+    database = parser.add_mutually_exclusive_group()
+    database.add_argument("--database-url", default=None, help="a PostgreSQL server to make a scratch database on")
+    database.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (scripts/pg)")
+    args = parser.parse_args()
+    if os.environ.get(_INSIDE):
+        return measure(args.opens, args.rate, args.database_url)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with postgres(None) if args.postgres else nullcontext(args.database_url) as server_url:
+        if args.postgres and server_url is None:
+            return 2
+        return run_under_callgrind(args, server_url)
+
+
+def run_under_callgrind(args: argparse.Namespace, server_url: str | None) -> int:
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
+        out = Path(scratch) / "callgrind.out"
+        argv = [sys.argv[0], "--opens", str(args.opens), "--rate", str(args.rate)]
+        if server_url is not None:
+            argv += ["--database-url", server_url]
+        completed = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p",
+             sys.executable, *argv],
+            env={**os.environ, _INSIDE: "1"}, capture_output=True, text=True, check=False,
+        )
+        dumps = sorted(Path(scratch).glob("callgrind.out.*.1"))
+        if completed.returncode != 0 or not dumps:
+            print(completed.stderr[-3000:], file=sys.stderr)
+            return completed.returncode or 1
+        total = next(int(line.split()[1]) for line in dumps[0].read_text().splitlines() if line.startswith("totals:"))
+    kind = "SQLite" if server_url is None else "PostgreSQL"
+    print(f"instructions per /incident open: {total / args.opens / 1e6:.2f} M ({args.opens} opens at {args.rate:g}/s "
+          f"under callgrind, database {kind}, background work included)")
+    return 0
+
+
+def measure(count: int, rate: float, server_url: str | None) -> int:
+    """Runs inside valgrind: the app as bench/open_cpu.py builds it, counting only around the measured opens."""
+    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
+    scratch = ScratchDatabase(server_url)
+    os.environ.update({
+        "SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
+        "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO", "DATABASE_URL": scratch.url,
+        "RATE_LIMIT_OPEN_PER_USER": "100000", "RATE_LIMIT_OPEN_PER_CHANNEL": "100000",
+        "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000",
+    })
+    import app
+    from bot.logsetup import configure_logging
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level, secrets=settings.secrets())
+    runtime = app.build_runtime(settings)
+    runtime.start()
+    app.tune_for_acks()
+    signer = Signer(SECRET)
+    pid = str(os.getpid())
+    try:
+        batch(runtime.wsgi, sandbox, opens(signer, 5, "warm"), rate)
+        measured = opens(signer, count, "measured")
+        for step in (["-z"], ["-i", "on"]):
+            subprocess.run(["callgrind_control", *step, pid], check=True, capture_output=True)
+        batch(runtime.wsgi, sandbox, measured, rate)
+        for step in (["-i", "off"], ["-d"]):
+            subprocess.run(["callgrind_control", *step, pid], check=True, capture_output=True)
+    finally:
+        runtime.stop()
+        sandbox.stop()
+        scratch.drop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
