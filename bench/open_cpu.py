@@ -64,9 +64,8 @@ def main() -> int:
         return run(args, server_url)
 
 
-def run(args: argparse.Namespace, server_url: str | None) -> int:
-    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
-    scratch = ScratchDatabase(server_url)
+def start_app(sandbox: ChildSandbox, scratch: ScratchDatabase) -> Any:
+    """The app as `incident-bot serve` builds it, against the sandbox and the scratch database: its Runtime."""
     os.environ.update({
         "SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
         "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO", "DATABASE_URL": scratch.url,
@@ -83,6 +82,13 @@ def run(args: argparse.Namespace, server_url: str | None) -> int:
     runtime = app.build_runtime(settings)
     runtime.start()
     app.tune_for_acks()
+    return runtime
+
+
+def run(args: argparse.Namespace, server_url: str | None) -> int:
+    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
+    scratch = ScratchDatabase(server_url)
+    runtime = start_app(sandbox, scratch)
     signer = Signer(SECRET)
     try:
         batch(runtime.wsgi, sandbox, opens(signer, 20, "warm"), args.rate)

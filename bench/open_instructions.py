@@ -31,7 +31,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from _servers import ChildSandbox, ScratchDatabase, Signer, postgres  # noqa: E402
 from ack import POST_LATENCY, SECRET, opens  # noqa: E402
-from open_cpu import batch  # noqa: E402
+from open_cpu import batch, start_app  # noqa: E402
 
 _INSIDE = "INCIDENT_BOT_UNDER_CALLGRIND"
 
@@ -81,21 +81,7 @@ def measure(count: int, rate: float, server_url: str | None) -> int:
     """Runs inside valgrind: the app as bench/open_cpu.py builds it, counting only around the measured opens."""
     sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
     scratch = ScratchDatabase(server_url)
-    os.environ.update({
-        "SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-        "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO", "DATABASE_URL": scratch.url,
-        "RATE_LIMIT_OPEN_PER_USER": "100000", "RATE_LIMIT_OPEN_PER_CHANNEL": "100000",
-        "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000",
-    })
-    import app
-    from bot.logsetup import configure_logging
-    from bot.settings import load_settings
-
-    settings = load_settings()
-    configure_logging(settings.log_level, secrets=settings.secrets())
-    runtime = app.build_runtime(settings)
-    runtime.start()
-    app.tune_for_acks()
+    runtime = start_app(sandbox, scratch)
     signer = Signer(SECRET)
     pid = str(os.getpid())
     try:
