@@ -65,33 +65,21 @@ def claim(ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: s
     delivery has not answered within bot.replays.WAIT_SECONDS. Raises SQLAlchemyError when the database cannot
     tell (the caller answers as for any database failure).
     """
-    trigger_id = replays.dedupe_key(body)
-    with ctx.db.session() as session:
-        first = trigger_id is None or replays.first_delivery(session, ctx.clock.now(), trigger_id, kind, user_id)
-        if first and also is not None:
-            also(session)
-    if trigger_id is None:
-        return ack
-    if first:
-        return RecordingAck(ctx, ack, trigger_id)  # type: ignore[return-value]  # called as Bolt's Ack is
-    answer_replay(ctx, trigger_id, ack, kind=kind, pending=pending)
-    return None
-
-
-def answer_replay(ctx: Context, trigger_id: str, ack: Ack, *, kind: str, pending: Callable[[Ack], object]) -> None:
-    log.info("replayed %s answered from its first delivery", kind)
-    answer = replays.wait_for_answer(ctx, trigger_id)
-    if answer is None:
-        pending(ack)
-    else:
-        answer_again(ack, answer)
+    admission = Admission(ctx, body, ack, kind=kind, user_id=user_id, also=also or (lambda _session: None))
+    try:
+        with ctx.db.session() as session:
+            admission(session)
+    except replays.Replayed:
+        admission.answer_replay(pending)
+        return None
+    return admission.ack
 
 
 class Admission:
-    """claim() for a request whose work is one transaction of its own (`/incident open`): the delivery is recorded,
-    and `also` run, in that transaction, so the ack waits for one commit rather than two. The request runs with
-    `ack`; the transaction calls the admission first, which raises replays.Replayed for a replay (answer it with
-    `answer_replay`)."""
+    """Records the first delivery of a request in the caller's transaction, with `also` run in it too. claim() is
+    an admission in a transaction of its own; a request whose work is one transaction (`/incident open`) calls it
+    first thing in that one, so the ack waits for one commit rather than two. The request runs with `ack`; the
+    admission raises replays.Replayed for a replay (answer it with `answer_replay`)."""
 
     def __init__(self, ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: str | None,
                  also: Callable[[Session], Any]) -> None:
@@ -108,8 +96,14 @@ class Admission:
         return self._also(session)
 
     def answer_replay(self, pending: Callable[[Ack], object]) -> None:
+        """The first delivery's answer, once it has one (`pending` answers when it has none in time)."""
         assert self.trigger_id is not None  # only a deduplicated request is ever a replay
-        answer_replay(self._ctx, self.trigger_id, self._raw_ack, kind=self._kind, pending=pending)
+        log.info("replayed %s answered from its first delivery", self._kind)
+        answer = replays.wait_for_answer(self._ctx, self.trigger_id)
+        if answer is None:
+            pending(self._raw_ack)
+        else:
+            answer_again(self._raw_ack, answer)
 
 
 def once(ctx: Context) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
