@@ -7,6 +7,7 @@ SIGTERM or SIGINT (the handlers below), and by bench/_reaper.py when the benchma
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import ctypes
 import hashlib
@@ -27,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
@@ -438,6 +439,23 @@ class ScratchDatabase:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{self._name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    """--database-url or --postgres, as every bench that takes either spells them."""
+    database = parser.add_mutually_exclusive_group()
+    database.add_argument("--database-url", default=None,
+                          help="a PostgreSQL server to create a scratch database on; default: a fresh SQLite file")
+    database.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (scripts/pg)")
+
+
+def with_database_server(args: argparse.Namespace, run: Callable[[str | None], int]) -> int:
+    """`run` given the server the arguments ask for (None: SQLite); for --postgres a throwaway one, stopped after.
+    2 when it cannot be started."""
+    with postgres(None) if args.postgres else nullcontext(args.database_url) as server_url:
+        if args.postgres and server_url is None:
+            return 2
+        return run(server_url)
 
 
 @contextmanager

@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,12 @@ from _servers import (
     ScratchDatabase,
     Server,
     Signer,
+    add_database_arguments,
     gunicorn_argv,
     percentile,
-    postgres,
     serve_argv,
     settle,
+    with_database_server,
 )
 
 CHANNEL = "C0INCIDENTS"
@@ -152,19 +152,13 @@ def main() -> int:
     parser.add_argument("--rates", default="5,20", help="requests per second, comma-separated")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--kinds", default="open,reply", help="open, reply or both")
-    database = parser.add_mutually_exclusive_group()
-    database.add_argument("--database-url", default=None,
-                          help="a PostgreSQL server to create a scratch database on; default: a fresh SQLite file")
-    database.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (scripts/pg)")
+    add_database_arguments(parser)
     parser.add_argument("--profile", metavar="FILE", help="sample serve with py-spy; collapsed stacks into FILE")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     kinds = [kind for kind in ("open", "reply") if kind in args.kinds.split(",")]
 
-    with postgres(None) if args.postgres else nullcontext(args.database_url) as server_url:
-        if args.postgres and server_url is None:
-            return 2
-        return run(args, rates, kinds, server_url)
+    return with_database_server(args, lambda server_url: run(args, rates, kinds, server_url))
 
 
 def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_url: str | None) -> int:

@@ -29,13 +29,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from _servers import ChildSandbox, ScratchDatabase, Signer, postgres  # noqa: E402
+from _servers import ChildSandbox, ScratchDatabase, Signer, add_database_arguments, with_database_server  # noqa: E402
 from ack import POST_LATENCY, SECRET, opens  # noqa: E402
 
 # (module, attribute) of the open path's functions, request side then background.
@@ -53,15 +52,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--opens", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0, help="opens per second")
-    database = parser.add_mutually_exclusive_group()
-    database.add_argument("--database-url", default=None, help="a PostgreSQL server to make a scratch database on")
-    database.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (scripts/pg)")
+    add_database_arguments(parser)
     parser.add_argument("--breakdown", action="store_true", help="thread CPU per function of the open path")
     args = parser.parse_args()
-    with postgres(None) if args.postgres else nullcontext(args.database_url) as server_url:
-        if args.postgres and server_url is None:
-            return 2
-        return run(args, server_url)
+    return with_database_server(args, lambda server_url: run(args, server_url))
 
 
 def start_app(sandbox: ChildSandbox, scratch: ScratchDatabase) -> Any:

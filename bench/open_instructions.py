@@ -24,12 +24,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from _servers import ChildSandbox, ScratchDatabase, Signer, postgres  # noqa: E402
+from _servers import ChildSandbox, ScratchDatabase, Signer, add_database_arguments, with_database_server  # noqa: E402
 from ack import POST_LATENCY, SECRET, opens  # noqa: E402
 from open_cpu import batch, start_app  # noqa: E402
 
@@ -40,19 +39,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--opens", type=int, default=40)
     parser.add_argument("--rate", type=float, default=2.0, help="opens per second (valgrind runs ~50× slower)")
-    database = parser.add_mutually_exclusive_group()
-    database.add_argument("--database-url", default=None, help="a PostgreSQL server to make a scratch database on")
-    database.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (scripts/pg)")
+    add_database_arguments(parser)
     args = parser.parse_args()
     if os.environ.get(_INSIDE):
         return measure(args.opens, args.rate, args.database_url)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    with postgres(None) if args.postgres else nullcontext(args.database_url) as server_url:
-        if args.postgres and server_url is None:
-            return 2
-        return run_under_callgrind(args, server_url)
+    return with_database_server(args, lambda server_url: run_under_callgrind(args, server_url))
 
 
 def run_under_callgrind(args: argparse.Namespace, server_url: str | None) -> int:
