@@ -31,7 +31,7 @@ from bot.context import Context
 from bot.parsing import MAX_TITLE, SERVICE_NAME_RE, SEVERITIES, OpenRequest
 from bot.ports import MessengerError
 from bot.sanitize import clean_text
-from storage.models import Incident, SeenRequest
+from storage.models import SeenRequest
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Declared:
     incident_id: int
     public_id: str
     again: bool  # the form had been submitted and had opened it already: nothing new was stored
-    opened: Incident | None = None  # as committed, with the announcement's lease taken for the caller's job
+    opened: incidents.Opened | None = None  # as committed, with the announcement's lease taken for the caller's job
 
 
 class FieldErrors(ValueError):
@@ -208,10 +208,12 @@ def declare(ctx: Context, session: Session, request: DeclareRequest, *, user_id:
     if request.description:  # right after "Incident opened": the same moment, the next row
         timeline.add_system_event(session, incident, actor=user_id, actor_name=user_name, at=incident.opened_at,
                                   action="description", text=request.description)
+    roles: tuple[tuple[str, str], ...] = ()
     if request.lead and LEAD_ROLE in ctx.settings.roles:
         lifecycle.assign_role(ctx, session, incident.id, LEAD_ROLE, request.lead, None, actor=user_id,
                               actor_name=user_name)
+        roles = ((LEAD_ROLE, request.lead),)
     if key is not None:
         session.execute(update(SeenRequest).where(SeenRequest.trigger_id == key)
                         .values(answer={"incident_id": incident.id, "public_id": incident.public_id}))
-    return Declared(incident.id, incident.public_id, again=False, opened=incident)
+    return Declared(incident.id, incident.public_id, again=False, opened=incidents.Opened(incident, roles))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, union_all, update
+from sqlalchemy import CursorResult, Table, bindparam, insert, or_, select, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -151,6 +151,15 @@ def announce_lease(ctx: Context) -> timedelta:
 
 
 @dataclass(frozen=True)
+class Opened:
+    """An incident as the open that took its announcement's lease committed it, with the roles that open assigned:
+    the announcement job shows them as they are, without reading them back."""
+
+    incident: Incident
+    roles: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Claim:
     until: datetime
     retried: bool  # an earlier claim may have posted it: look in the channel before posting
@@ -222,52 +231,37 @@ class _AnnouncementPost:
     message: RenderedMessage
     metadata: dict[str, Any]
     since: float
+    shown_version: datetime  # the updated_at of the incident as shown: a later change makes the post stale
 
 
 def _announcement_post(ctx: Context, incident: Incident, context: dict[str, Any]) -> _AnnouncementPost:
     return _AnnouncementPost(incident.mode, incident.channel_id,
                              ctx.renderer.message("announcement", ctx.locale, **context),
-                             announcement_metadata(incident.public_id), incident.opened_at.timestamp())
+                             announcement_metadata(incident.public_id), incident.opened_at.timestamp(),
+                             incident.updated_at)
 
 
-def _still_held(ctx: Context, opened: Incident) -> tuple[Claim, Incident, dict[str, Any]] | None:
-    """The lease the open took for this job (open_incident's `announcing`), and what the announcement shows,
-    without a write lock. `opened` is the incident as the open committed it: shown as it is unless its row changed
-    since (its updated_at), else read again. A job that starts late renews the lease first, by a compare-and-set on
-    the value the open wrote, so the sweep cannot find it lapsed while this posts. None when it was lost (taken
-    over after it lapsed, or posted): post_announcement then claims as anyone would."""
-    incident_id, held_until = opened.id, opened.announce_claimed_until
+def _still_held(ctx: Context, opened: Opened) -> tuple[Claim, Incident, dict[str, Any]] | None:
+    """The lease the open took for this job (open_incident's `announcing`), and what the announcement shows: the
+    incident and its roles as the open committed them, read from nowhere. Nobody takes a lease before it lapses, so
+    it is still held unless the job starts late; such a job renews it first, by a compare-and-set on the value the
+    open wrote, so the sweep cannot find it lapsed while this posts. A change committed since the open is caught
+    after the post (post_announcement's compare on updated_at). None when the lease was lost (taken over after it
+    lapsed, or posted): post_announcement then claims as anyone would."""
+    incident = opened.incident
+    held_until = incident.announce_claimed_until
     if held_until is None:
         return None
     lease = announce_lease(ctx)
     now = ctx.clock.now()
-    until = held_until
     if held_until - now < lease / 2:
         until = now + lease
         with ctx.db.session() as session:
-            if not renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
+            if not renew_lease(session, Incident.announce_claimed_until, Incident.id == incident.id,
                                Incident.announcement_ts.is_(None), held=held_until, until=until):
                 return None
-    # The lease's state, the row's updated_at and the roles in one SELECT outside a transaction (one row per role).
-    with ctx.db.lone_read() as connection:
-        rows = connection.execute(_lease_state(), {"incident": incident_id}).all()
-    if not rows or rows[0].announcement_ts is not None or rows[0].announce_claimed_until != until:
-        return None
-    claim = Claim(until, retried=False)
-    if rows[0].updated_at != opened.updated_at:  # changed since the open committed: shown as it is now
-        with ctx.db.read() as session:
-            incident = session.get_one(Incident, incident_id)
-            return claim, incident, announcement_context(ctx, session, incident)
-    return claim, opened, _shown(ctx, opened, [(r.role, r.user_id) for r in rows if r.role is not None])
-
-
-@functools.cache
-def _lease_state() -> Any:
-    incidents, roles = cast(Table, Incident.__table__), cast(Table, RoleAssignment.__table__)
-    return (select(incidents.c.announcement_ts, incidents.c.announce_claimed_until, incidents.c.updated_at,
-                   roles.c.role, roles.c.user_id)
-            .select_from(incidents.outerjoin(roles, roles.c.incident_id == incidents.c.id))
-            .where(incidents.c.id == bindparam("incident")))
+        held_until = until
+    return Claim(held_until, retried=False), incident, _shown(ctx, incident, opened.roles)
 
 
 def _claimed(ctx: Context, incident_id: int) -> tuple[Claim, Incident, dict[str, Any]] | None:
@@ -293,7 +287,7 @@ def _reread_post(ctx: Context, incident_id: int) -> _AnnouncementPost:
     return _announcement_post(ctx, incident, context)
 
 
-def post_announcement(ctx: Context, incident_id: int, *, opened: Incident | None = None) -> str | None:
+def post_announcement(ctx: Context, incident_id: int, *, opened: Opened | None = None) -> str | None:
     """Posts the announcement once. Returns its ts when this call put it on record, and only then fires
     `on_announced` (the one place it fires, so one announcement is announced once whoever posts it); None when
     it is on record already or another worker holds the lease.
@@ -334,12 +328,19 @@ def post_announcement(ctx: Context, incident_id: int, *, opened: Incident | None
                 .values(announcement_error=str(error), announce_claimed_until=ctx.clock.now() + wait)
             )
         raise
-    # On record and the lease released in one statement, committed by itself.
+    # On record and the lease released in one statement, committed by itself, if the incident is still as shown.
+    # A change committed before this found no announcement to refresh, so it is refreshed here; one committed after
+    # refreshes it itself.
+    values = {"incident": incident_id, "posted_ts": ts, "posted_link_ts": link_ts, "shown": post.shown_version}
     with ctx.db.statement() as connection:
-        connection.execute(_on_record(), {"incident": incident_id, "posted_ts": ts, "posted_link_ts": link_ts})
+        stale = cast(CursorResult[Any], connection.execute(_on_record(as_shown=True), values)).rowcount == 0
+    if stale:
+        with ctx.db.statement() as connection:
+            connection.execute(_on_record(as_shown=False), values)
     channels.report_failed_invites(ctx, incident_id, not_invited)
     # The post is on record: a reaction's failure must not read as a failed announcement to the caller.
-    reactions = (lambda: ctx.hooks.on_announced.fire(incident_id),
+    reactions = (*([lambda: _request_refresh(ctx, incident_id)] if stale else []),
+                 lambda: ctx.hooks.on_announced.fire(incident_id),
                  # Called, not hooked: here the channel is known without reading the incident again.
                  lambda: access.announced_in(ctx, channel))
     for react in reactions:
@@ -351,11 +352,21 @@ def post_announcement(ctx: Context, incident_id: int, *, opened: Incident | None
     return ts
 
 
+def _request_refresh(ctx: Context, incident_id: int) -> None:
+    # Through lifecycle's queue, one update at a time per incident: a newer rendering is never overwritten. Imported
+    # here because bot.lifecycle imports this module.
+    from bot.lifecycle import request_refresh
+
+    request_refresh(ctx, incident_id)
+
+
 @functools.cache
-def _on_record() -> Any:
-    """post_announcement's last statement, built once."""
+def _on_record(*, as_shown: bool) -> Any:
+    """post_announcement's last statement, built once; `as_shown`: only while the row's updated_at is still the
+    one the announcement showed."""
     table = cast(Table, Incident.__table__)
-    return (update(table).where(table.c.id == bindparam("incident"))
+    unchanged = table.c.updated_at == bindparam("shown", type_=table.c.updated_at.type)
+    return (update(table).where(table.c.id == bindparam("incident"), *([unchanged] if as_shown else []))
             .values(announcement_ts=bindparam("posted_ts", type_=table.c.announcement_ts.type),
                     announcement_error=None, announce_claimed_until=None,
                     link_ts=bindparam("posted_link_ts", type_=table.c.link_ts.type)))

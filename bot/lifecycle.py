@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from sqlalchemy import select, update
@@ -289,6 +289,8 @@ def assign_role(
         return Change(incident.public_id, "unchanged", old, user_id)
     now = ctx.clock.now()
     old_name = _last_role_name(session, incident.id, role, old) if old else None
+    # The roles live in a row of their own: the incident's updated_at still moves, so whoever showed it knows.
+    incident.updated_at = datetime.now(UTC)
     if current is None:
         session.add(RoleAssignment(incident_id=incident.id, role=role, user_id=user_id, assigned_by=actor,
                                    assigned_at=now))

@@ -65,11 +65,14 @@ def upsert(
 
 
 def _set_lease(session: Session, lease: InstrumentedAttribute[datetime | None], conditions: Sequence[Any],
-               until: datetime) -> bool:
+               until: datetime, *, keep_updated_at: bool = False) -> bool:
     model = lease.class_
-    primary_key = inspect(model).primary_key
+    mapper = inspect(model)
+    values: dict[str, Any] = {lease.key: until}
+    if keep_updated_at and "updated_at" in mapper.columns:
+        values["updated_at"] = mapper.columns["updated_at"]
     # RETURNING, not rowcount: it names exactly the rows this statement changed, on psycopg as on sqlite3.
-    statement = update(model).where(*conditions).values({lease.key: until}).returning(*primary_key)
+    statement = update(model).where(*conditions).values(values).returning(*mapper.primary_key)
     return session.execute(statement).first() is not None
 
 
@@ -93,5 +96,7 @@ def renew_lease(
     session: Session, lease: InstrumentedAttribute[datetime | None], *where: ColumnElement[bool],
     held: datetime, until: datetime,
 ) -> bool:
-    """Moves the lease this caller holds (its value is still `held`) on to `until`; False when it was lost."""
-    return _set_lease(session, lease, [*where, lease == held], until)
+    """Moves the lease this caller holds (its value is still `held`) on to `until`; False when it was lost. The
+    row's updated_at stays: the holder keeping its lease changes nothing anyone sees, and a holder that showed the
+    row (the announcement's poster) tells by updated_at whether it changed since."""
+    return _set_lease(session, lease, [*where, lease == held], until, keep_updated_at=True)

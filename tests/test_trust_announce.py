@@ -24,12 +24,13 @@ from bot.incidents import (
     render_announcement,
     retry_pending_announcements,
 )
-from bot.lifecycle import change_severity
+from bot.lifecycle import assign_role, change_severity
 from bot.postmortem import UNPOSTED_RETRY_AFTER
 from handlers.commands import incident as incident_commands
 from sandbox.harness import LocalBot
 from sandbox.slack import SlackSandbox
 from storage.models import ActionItem, Incident
+from storage.sql import renew_lease
 from tests.helpers import clocked_bot, open_incident
 
 CHANNEL = "C0INCIDENTS"
@@ -270,20 +271,89 @@ def test_an_announcement_job_whose_lease_was_taken_over_does_not_post_again(
         assert_announced_once(bot, public_id)
 
 
+def shown_now(bot: LocalBot, incident_id: int) -> str:
+    with bot.ctx.db.read() as session:
+        return render_announcement(bot.ctx, session, session.get_one(Incident, incident_id)).text
+
+
+def last_shown(bot: LocalBot, public_id: str) -> str:
+    """The announcement as Slack shows it once the bot's jobs are done (the sandbox applies chat.update)."""
+    bot.settle()
+    assert_announced_once(bot, public_id)
+    [shown] = announcements(bot.slack)
+    return str(shown["text"])
+
+
 def test_an_announcement_job_shows_what_changed_after_the_open_committed(
     database_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The job is handed the incident as the open committed it, and shows that only while its row is unchanged:
-    a severity changed in between (its thread does not exist yet, so no update would follow) is in the post."""
+    """The job shows the incident as the open committed it, without reading it again. A severity changed in
+    between (its thread did not exist yet, so that change updated nothing) moved the row's updated_at: the
+    announcement is put on record and then updated to show it."""
     jobs = held_announcement_jobs(monkeypatch)
     with clocked_bot(database_url, OPENED_AT) as (bot, _clock):
-        open_and_settle(bot, "결제 API 오류 sev:high")
+        public_id = open_and_settle(bot, "결제 API 오류 sev:high")
         [(incident_id, opened)] = jobs
+        then_shown = shown_now(bot, incident_id)
         with bot.ctx.db.session() as session:
             change_severity(bot.ctx, session, incident_id, "critical", actor="U0SENA", actor_name=None)
         assert post_announcement(bot.ctx, incident_id, opened=opened) is not None
-        with bot.ctx.db.read() as session:
-            now_shown = render_announcement(bot.ctx, session, session.get_one(Incident, incident_id))
-            then_shown = render_announcement(bot.ctx, session, opened)
-        [posted] = announcements(bot.slack)
-        assert posted["text"] == now_shown.text != then_shown.text
+        assert last_shown(bot, public_id) == shown_now(bot, incident_id) != then_shown
+
+
+@pytest.mark.parametrize("change", ["severity", "role"])
+def test_a_change_committed_while_the_announcement_is_being_posted_is_shown(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, change: str,
+) -> None:
+    """A change committed while Slack is still answering the post found no announcement on record to update. The
+    poster sees the row moved on since what it showed (a role moves the incident's updated_at too) and updates
+    the announcement. Without that, it would show the old severity or no lead until the next change."""
+    jobs = held_announcement_jobs(monkeypatch)
+    with clocked_bot(database_url, OPENED_AT) as (bot, _clock):
+        public_id = open_and_settle(bot, "결제 API 오류 sev:high")
+        [(incident_id, opened)] = jobs
+        then_shown = shown_now(bot, incident_id)
+        changed: list[bool] = []
+
+        def change_while_posting() -> bool:
+            if not changed:
+                with bot.ctx.db.session() as session:
+                    if change == "severity":
+                        change_severity(bot.ctx, session, incident_id, "critical", actor="U0SENA", actor_name=None)
+                    else:
+                        assign_role(bot.ctx, session, incident_id, "lead", "U0MINJI", None, actor="U0SENA",
+                                    actor_name=None)
+                changed.append(True)
+            return True
+
+        bot.slack.slow_once("chat.postMessage", 5, until=change_while_posting)
+        assert post_announcement(bot.ctx, incident_id, opened=opened) is not None
+        assert changed
+        assert last_shown(bot, public_id) == shown_now(bot, incident_id) != then_shown
+
+
+def test_an_announcement_nothing_changed_under_is_posted_and_never_updated(
+    database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The compare costs no Slack call when nothing anyone sees changed. The lease renewed while Slack answers (as
+    _holding renews it on a slow post) is no such change."""
+    jobs = held_announcement_jobs(monkeypatch)
+    with clocked_bot(database_url, OPENED_AT) as (bot, clock):
+        public_id = open_and_settle(bot, "결제 API 오류")
+        [(incident_id, opened)] = jobs
+        held = opened.incident.announce_claimed_until
+        renewed: list[bool] = []
+
+        def renew_while_posting() -> bool:
+            if not renewed:
+                with bot.ctx.db.session() as session:
+                    renewed.append(renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
+                                               held=held, until=clock.now() + announce_lease(bot.ctx)))
+            return True
+
+        bot.slack.slow_once("chat.postMessage", 5, until=renew_while_posting)
+        assert post_announcement(bot.ctx, incident_id, opened=opened) is not None
+        bot.settle()
+        assert renewed == [True]
+        assert_announced_once(bot, public_id)
+        assert not bot.slack.calls("chat.update")

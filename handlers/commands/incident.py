@@ -42,7 +42,7 @@ def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     if refused is not None:
         raise refused  # once the delivery's record is committed: a replay gets this refusal again, never an open
     # Only once the incident is committed: the post, and what reacts to it, find its row.
-    ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond, incident)
+    ctx.jobs.submit(announce, ctx, incident.id, incident.public_id, respond, incidents.Opened(incident))
     return answer
 
 
@@ -52,12 +52,12 @@ def opened_answer(ctx: Context, incident: Incident) -> str:
     return ctx.say(ack, public_id=incident.public_id)
 
 
-def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond, opened: Incident | None) -> None:
+def announce(ctx: Context, incident_id: int, public_id: str, respond: Respond, opened: incidents.Opened | None) -> None:
     announce_telling(ctx, incident_id, public_id, lambda text: tell(respond, text), opened=opened)
 
 
 def announce_telling(ctx: Context, incident_id: int, public_id: str, told: Callable[[str], object], *,
-                     opened: Incident | None = None) -> None:
+                     opened: incidents.Opened | None = None) -> None:
     """Posts the announcement; a failure is `told` to the person who opened the incident. `opened`: the incident
     as an open that took the announcement's lease for this call committed it."""
     # post_announcement fires on_announced itself when this call is the one that put the post on record.
