@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, bindparam, insert, or_, select, union_all, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import access, channels, durations, timeline
+from bot import access, channels, durations, leases, timeline
 from bot.access import Asker
 from bot.context import Context
 from bot.jobs import after_commit
@@ -197,31 +195,22 @@ def _claim_unclaimed(ctx: Context, session: Session, incident_id: int) -> tuple[
 def _holding(ctx: Context, incident_id: int, claim: Claim) -> Iterator[None]:
     """Renews the lease while Slack is being asked: however slow Slack is, no second poster gets in."""
     lease = announce_lease(ctx)
-    stop = threading.Event()
+    until = claim.until
 
-    def renew() -> None:
-        until = claim.until
-        while not stop.wait(lease.total_seconds() / 4):
-            renewed = ctx.clock.now() + lease
-            try:
-                with ctx.db.session() as session:
-                    kept = renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
-                                       Incident.announcement_ts.is_(None), held=until, until=renewed)
-            except SQLAlchemyError:
-                log.warning("announcement lease renewal failed; trying again", exc_info=True)
-                continue
-            if not kept:
-                log.warning("announcement lease lost", extra={"json_fields": {"incident_id": incident_id}})
-                return
-            until = renewed
+    def renew() -> bool:
+        nonlocal until
+        renewed = ctx.clock.now() + lease
+        with ctx.db.session() as session:
+            kept = renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
+                               Incident.announcement_ts.is_(None), held=until, until=renewed)
+        if not kept:
+            log.warning("announcement lease lost", extra={"json_fields": {"incident_id": incident_id}})
+            return False
+        until = renewed
+        return True
 
-    renewer = threading.Thread(target=renew, name=f"announce-lease-{incident_id}", daemon=True)
-    renewer.start()
-    try:
+    with leases.keeper(ctx).holding(lease.total_seconds() / 4, renew):
         yield
-    finally:
-        stop.set()
-        renewer.join()
 
 
 @dataclass(frozen=True)
