@@ -277,6 +277,8 @@ def test_a_private_channel_when_asked_for(bot: LocalBot) -> None:
     # The channel where it was declared may be public: the line there names the ID, not the title.
     [line] = [m["text"] for m in bot.slack.messages(ORIGIN)]
     assert public_id in line and f"<#{made['id']}>" in line and "결제 장애" not in line
+    # The channel made and named under the announcement's lease is what the post showed: nothing to update after.
+    assert not bot.slack.calls("chat.update")
 
 
 # ---- falling back to a thread ---------------------------------------------------------------------------------

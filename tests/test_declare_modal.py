@@ -150,6 +150,8 @@ def test_the_form_declares_exactly_as_open_does_with_the_lead_and_the_descriptio
         # The same announcement, word for word, but for the ID.
         texts = [bot.slack.message(CHANNEL, i.announcement_ts or "")["text"] for i in (command_made, form_made)]
         assert texts[1] == texts[0].replace(command_made.public_id, form_made.public_id)
+        # Posted with its lead at once (the open hands the roles it assigned to the post), not updated after.
+        assert not [c for c in bot.slack.calls("chat.update") if c.args.get("ts") == form_made.announcement_ts]
         # The description is on the timeline, right after the opening, in the declarer's words.
         actions = [(e.data or {}).get("action") for e in events(bot) if e.incident_id == form_made.id]
         assert actions == ["opened", "description", "role"]
