@@ -269,9 +269,9 @@ def test_a_read_that_raced_with_a_forget_is_not_remembered() -> None:
 
 # The announcement: its lease was taken in the open's INSERT, and it shows the incident as the open committed it,
 # read from nowhere. Then the post goes on record with the lease released in one statement, which also tells
-# whether the incident changed meanwhile (it did not: no chat.update). The answer for replays went with the open; the channel's visibility, asked at the warm-up's
-# announcement, is not asked again within its TTL; no reminder can be due yet, so none is looked for; with GCP not
-# configured, evidence reads nothing.
+# whether the incident changed meanwhile (it did not: no chat.update). The answer for replays went with the open;
+# the channel's visibility, asked at the warm-up's announcement, is not asked again within its TTL; no reminder can
+# be due yet, so none is looked for; with GCP not configured, evidence reads nothing.
 OPEN_AFTER = {
     "sqlite": ["UPDATE incidents"],
     "postgresql": ["UPDATE incidents"],
