@@ -48,7 +48,7 @@ class Hooks:
     checker checks each reaction's signature). No attribute can be added: a new hook is declared here."""
 
     __slots__ = ("on_action_item_added", "on_action_item_done", "on_action_item_posted", "on_action_item_reopened",
-                 "on_announced",
+                 "on_announced", "on_announced_stale",
                  "on_closed", "on_meeting_moved", "on_open", "on_reopened", "on_report_posted", "on_role_assigned",
                  "on_start", "on_stop", "on_sweep")
 
@@ -56,6 +56,9 @@ class Hooks:
         self.on_open: Hook[[Session, Incident]] = Hook(ctx, "on_open", "inside the opening transaction")
         self.on_announced: Hook[[int]] = Hook(
             ctx, "on_announced", "(incident_id) once the announcement and its thread exist")
+        self.on_announced_stale: Hook[[int]] = Hook(
+            ctx, "on_announced_stale", "(incident_id) once an announcement is on record that shows the incident as"
+            " it was before a change committed while it was being posted")
         self.on_closed: Hook[[Session, Incident]] = Hook(
             ctx, "on_closed", "when the status becomes resolved or cancelled")
         self.on_reopened: Hook[[Session, Incident]] = Hook(ctx, "on_reopened", "when a closed incident is reopened")

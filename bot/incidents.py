@@ -318,8 +318,8 @@ def post_announcement(ctx: Context, incident_id: int, *, opened: Opened | None =
             )
         raise
     # On record and the lease released in one statement, committed by itself, if the incident is still as shown.
-    # A change committed before this found no announcement to refresh, so it is refreshed here; one committed after
-    # refreshes it itself.
+    # A change committed before this found no announcement to refresh, so it is refreshed now (lifecycle's queue:
+    # one update at a time per incident); one committed after refreshes it itself.
     values = {"incident": incident_id, "posted_ts": ts, "posted_link_ts": link_ts, "shown": post.shown_version}
     with ctx.db.statement() as connection:
         stale = cast(CursorResult[Any], connection.execute(_on_record(as_shown=True), values)).rowcount == 0
@@ -328,7 +328,7 @@ def post_announcement(ctx: Context, incident_id: int, *, opened: Opened | None =
             connection.execute(_on_record(as_shown=False), values)
     channels.report_failed_invites(ctx, incident_id, not_invited)
     # The post is on record: a reaction's failure must not read as a failed announcement to the caller.
-    reactions = (*([lambda: _request_refresh(ctx, incident_id)] if stale else []),
+    reactions = (*([lambda: ctx.hooks.on_announced_stale.fire(incident_id)] if stale else []),
                  lambda: ctx.hooks.on_announced.fire(incident_id),
                  # Called, not hooked: here the channel is known without reading the incident again.
                  lambda: access.announced_in(ctx, channel))
@@ -339,14 +339,6 @@ def post_announcement(ctx: Context, incident_id: int, *, opened: Opened | None =
             log.exception("a reaction to the announcement failed",
                           extra={"json_fields": {"incident_db_id": incident_id}})
     return ts
-
-
-def _request_refresh(ctx: Context, incident_id: int) -> None:
-    # Through lifecycle's queue, one update at a time per incident: a newer rendering is never overwritten. Imported
-    # here because bot.lifecycle imports this module.
-    from bot.lifecycle import request_refresh
-
-    request_refresh(ctx, incident_id)
 
 
 @functools.cache

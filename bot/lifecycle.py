@@ -605,3 +605,4 @@ def list_view(ctx: Context, session: Session, asker: Asker) -> str:
 
 def install(ctx: Context) -> None:
     ctx.hooks.on_sweep.register(lambda c: retry_failed_refreshes(c))
+    ctx.hooks.on_announced_stale.register(request_refresh)
