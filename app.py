@@ -96,6 +96,7 @@ class Runtime:
         self.ctx.hooks.on_stop.fire()
         self.ctx.jobs.wait_idle(timeout=10)
         self.ctx.jobs.shutdown()
+        evidence.clients(self.ctx).close()
 
 
 def build_context(settings: Settings, *, clock: Clock | None = None, messenger: Messenger | None = None,

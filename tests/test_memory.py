@@ -18,6 +18,7 @@ from google.cloud import monitoring_v3
 from sqlalchemy import select
 
 from bot.clock import ManualClock
+from bot.evidence import service as evidence_service
 from bot.evidence.monitoring import (
     CPU,
     INSTANCES,
@@ -285,3 +286,15 @@ def test_a_snapshot_without_cloud_monitoring_says_so(sbot: LocalBot, gcp: GcpSan
     data = metrics_file(sbot)
     assert data["utilisation"] == {} and data["utilisation_error"]["kind"] == "permission_denied"
     assert "memory_utilization_p99" not in data["canary"]
+
+
+def test_a_stopped_runtime_closes_its_google_transports(vbot: LocalBot, sc: CanaryScenario) -> None:
+    """At shutdown, once no capture runs, the gRPC channel to Cloud Monitoring is closed (left open, it hears the
+    server go away and logs it); a later use builds a new client."""
+    gcp_clients = evidence_service.clients(vbot.ctx)
+    used = gcp_clients.monitoring()
+    assert peak_instances(used, sc.project, sc.service, sc.window_start, sc.window_end)
+    vbot.stop()
+    with pytest.raises(ValueError, match="closed channel"):
+        peak_instances(used, sc.project, sc.service, sc.window_start, sc.window_end)
+    assert gcp_clients.monitoring() is not used

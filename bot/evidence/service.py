@@ -86,6 +86,15 @@ class GcpClients:
                 self._monitoring = make_monitoring_client(self._settings.cloud_monitoring_api_url)
             return self._monitoring
 
+    def close(self) -> None:
+        """At shutdown, once no capture runs: closes the transports that hold connections (Cloud Monitoring's gRPC
+        channel, Cloud Run's HTTP session). A channel left open hears its server go away and logs it."""
+        with self._lock:
+            opened, self._run, self._monitoring = [self._run, self._monitoring], None, None
+        for client in opened:
+            if client is not None:
+                client.transport.close()
+
 
 def clients(ctx: Context) -> GcpClients:
     with _setup_lock:
