@@ -314,17 +314,21 @@ def on_open(ctx: Context, session: Session, incident: Incident) -> None:
     rows = [{"incident_id": incident.id, "kind": kind, "action_item_id": None, "due_at": due_at, "attempts": 0,
              "late": False} for kind, due_at in due.items()]
     dialect = dialect_name(session)
-    if all(due_at > now + TIMER_HORIZON for due_at in due.values()):
-        # The usual open: nothing due within the horizon, so no timer to set (the sweep sets them in time) and no
-        # ids to learn. A new row can have no timer to take down either.
-        session.execute(_new_reminders(dialect, returning=False), rows)
+    # The usual open has nothing due within the horizon: no timer to set (the sweep sets them in time), so no ids
+    # to learn. A new row can have no timer to take down either.
+    timers = any(due_at <= now + TIMER_HORIZON for due_at in due.values())
+    # Rows as parameters (`.values(rows)` was compiled anew every time). RETURNING makes it SQLAlchemy's
+    # insertmanyvalues, one statement: on PostgreSQL always, as psycopg runs an executemany in pipeline mode, which
+    # cost twice a statement's CPU (README "Performance", round 7); SQLite's executemany is a loop in C.
+    returning = timers or dialect == "postgresql"
+    result = session.execute(_new_reminders(dialect, returning=returning), rows)
+    if not timers:
         soonest = _soonest(ctx)
         for due_at in due.values():
             soonest.lower(incident.id, due_at)
         return
-    # Rows as parameters (SQLAlchemy's insertmanyvalues); `.values(rows)` was compiled anew every time. One row per
-    # kind, so RETURNING's order does not matter.
-    written = session.execute(_new_reminders(dialect, returning=True), rows).all()
+    # One row per kind, so RETURNING's order does not matter.
+    written = result.all()
     _queue_times(ctx, session, [(reminder_id, incident.id, due[kind]) for reminder_id, kind in written])
 
 

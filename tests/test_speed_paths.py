@@ -159,6 +159,25 @@ def test_the_open_ack_waits_for_a_fixed_list_of_statements(bot: LocalBot, quiet_
         assert all(not autocommit for _, sql, autocommit in counted.seen if "INSERT INTO incidents" in sql)
 
 
+def test_an_open_writes_its_reminders_without_psycopgs_executemany(
+        bot: LocalBot, quiet_health: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # psycopg runs an executemany in pipeline mode, which cost twice a statement's CPU: there SQLAlchemy's
+    # insertmanyvalues sends the rows in one statement with one cursor.execute. sqlite3's executemany is C.
+    open_incident(bot, "워밍업 sev:low")
+    many: list[str] = []
+    dialect = bot.ctx.db.engine.dialect
+    real = dialect.do_executemany
+    monkeypatch.setattr(dialect, "do_executemany",
+                        lambda cursor, sql, *rest: (many.append(sql), real(cursor, sql, *rest)))
+    public_id, _ = open_incident(bot, "결제 API 오류 sev:high")
+    assert len(many) == (0 if bot.ctx.db.dialect == "postgresql" else 1), many
+    with bot.ctx.db.read() as session:
+        kinds = session.scalars(select(Reminder.kind).join(Incident, Incident.id == Reminder.incident_id)
+                                .where(Incident.public_id == public_id)).all()
+    assert sorted(kinds) == sorted([reminders.RCA, reminders.MEETING_PRE, reminders.MEETING_START,
+                                    reminders.REPORT_NUDGE])
+
+
 # ---- the cache of homes, and replicas -------------------------------------------------------------------------
 
 
