@@ -52,6 +52,7 @@ DATABASE_FILE = "demo.db"  # kept beside the report, so `incident-bot report` ca
 # run's demo.json, and nothing else: the output directory may be one the user also keeps other files in.
 OWN_FILES = (
     "transcript.txt", "demo.json", DATABASE_FILE, f"{DATABASE_FILE}-wal", f"{DATABASE_FILE}-shm",
+    f"{DATABASE_FILE}.migrate-lock",
     f"{INCIDENT_ID}-postmortem.md", f"{INCIDENT_ID}-postmortem.ko.md", f"{INCIDENT_ID}-postmortem.en.md",
 )
 

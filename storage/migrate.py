@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_ADVISORY_LOCK = 72431
+
+
+@contextmanager
+def one_migrator(connection: Connection) -> Iterator[None]:
+    """Instances starting together take turns to migrate: the second finds the first's work done. On PostgreSQL
+    an advisory lock; on a SQLite file, a lock on a file beside it (without it, two serves starting together on
+    one file both ran a migration's CREATE TABLE, and one of them failed to start)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK})
+            connection.commit()
+        return
+    database = connection.engine.url.database or ""
+    if connection.dialect.name != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        yield  # in memory, or a URI: no path to put the lock beside
+        return
+    # Never the database file itself: closing any descriptor of it would drop this process's SQLite locks.
+    try:
+        lock = open(f"{database}.migrate-lock", "a")  # noqa: SIM115 — closed below, which releases the lock
+    except OSError:
+        yield  # a directory no one can write to: no other process can migrate either
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        yield
 
 
 def alembic_config(engine: Engine) -> Config:
