@@ -303,8 +303,8 @@ def _meeting_plan(incident: Incident) -> list[tuple[str, datetime, bool]]:
 
 
 def on_open(ctx: Context, session: Session, incident: Incident) -> None:
-    # A new incident has no reminders to look up: all of them go in with one Core INSERT … RETURNING (this runs
-    # before the ack; the ORM's unit of work for four objects cost three times as much).
+    # A new incident has no reminders to look up: all of them go in with one Core INSERT (this runs before the
+    # ack; the ORM's unit of work for four objects cost three times as much).
     now = ctx.clock.now()
     plan = [(RCA, incident.opened_at + ctx.settings.rca_reminder_after, False), *_meeting_plan(incident)]
     due = {kind: due_at for kind, due_at, always in plan if always or due_at >= now}
