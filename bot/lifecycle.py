@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from sqlalchemy import select, update
@@ -39,7 +39,7 @@ from bot.jobs import after_commit
 from bot.parsing import CLOSED_STATUSES, UsageError
 from bot.ports import MessengerError
 from bot.render import RenderedMessage, most_that_fits
-from storage.models import Incident, RoleAssignment, TimelineEvent
+from storage.models import Incident, RoleAssignment, TimelineEvent, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +289,9 @@ def assign_role(
         return Change(incident.public_id, "unchanged", old, user_id)
     now = ctx.clock.now()
     old_name = _last_role_name(session, incident.id, role, old) if old else None
-    # The roles live in a row of their own: the incident's updated_at still moves, so whoever showed it knows.
-    incident.updated_at = datetime.now(UTC)
+    # The roles live in a row of their own: the incident's updated_at still moves (as the row's own clock moves
+    # it), so whoever showed it knows.
+    incident.updated_at = utc_now()
     if current is None:
         session.add(RoleAssignment(incident_id=incident.id, role=role, user_id=user_id, assigned_by=actor,
                                    assigned_at=now))

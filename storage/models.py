@@ -42,7 +42,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """The time a row is written: its created_at, and its updated_at when it changes."""
     return datetime.now(UTC)
 
 
@@ -110,8 +111,8 @@ class Incident(Base):
     link_ts: Mapped[str | None] = mapped_column(String(32))
     channel_topic: Mapped[str | None] = mapped_column(String(250))
     channel_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
-    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now, onupdate=utc_now)
 
     events: Mapped[list[TimelineEvent]] = relationship(back_populates="incident", lazy="raise")
 
@@ -151,7 +152,7 @@ class TimelineEvent(Base):
     data: Mapped[dict[str, Any] | None]
     edited_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
 
     incident: Mapped[Incident] = relationship(back_populates="events", lazy="raise")
 
@@ -165,7 +166,7 @@ class EventPin(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("timeline_events.id", ondelete="CASCADE"), nullable=False)
     user_id: Mapped[str] = mapped_column(String(32), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
 
 
 class RoleAssignment(Base):
@@ -177,7 +178,7 @@ class RoleAssignment(Base):
     role: Mapped[str] = mapped_column(String(32), nullable=False)
     user_id: Mapped[str] = mapped_column(String(32), nullable=False)
     assigned_by: Mapped[str | None] = mapped_column(String(32))
-    assigned_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    assigned_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
 
 
 class Reminder(Base):
@@ -201,7 +202,7 @@ class Reminder(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     late: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     message_ts: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
 
 
 class Why(Base):
@@ -213,8 +214,8 @@ class Why(Base):
     position: Mapped[int] = mapped_column(Integer, nullable=False)
     text: Mapped[str] = mapped_column(Text, nullable=False)
     author_id: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
-    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now, onupdate=utc_now)
 
 
 class ActionItem(Base):
@@ -232,8 +233,8 @@ class ActionItem(Base):
     created_by: Mapped[str | None] = mapped_column(String(32))
     message_ts: Mapped[str | None] = mapped_column(String(32))
     done_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
-    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now, onupdate=utc_now)
 
 
 class Note(Base):
@@ -248,7 +249,7 @@ class Note(Base):
     position: Mapped[int] = mapped_column(Integer, nullable=False)
     text: Mapped[str] = mapped_column(Text, nullable=False)
     author_id: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
 
 
 class ImpactValue(Base):
@@ -263,7 +264,7 @@ class ImpactValue(Base):
     value: Mapped[str] = mapped_column(Text, nullable=False)
     source: Mapped[str] = mapped_column(String(16), nullable=False)  # manual | measured
     updated_by: Mapped[str | None] = mapped_column(String(32))
-    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now, onupdate=_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now, onupdate=utc_now)
 
 
 class ChecklistItem(Base):
@@ -328,7 +329,7 @@ class MessageReaction(Base):
     added: Mapped[bool] = mapped_column(Boolean, nullable=False)
     event_ts: Mapped[str] = mapped_column(String(32), nullable=False)
     applied: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
 
 
 class SeenRequest(Base):
@@ -524,7 +525,7 @@ class GithubIssue(Base):
     failure: Mapped[str | None] = mapped_column(String(32))
     reported_at: Mapped[datetime | None]
     shown: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    created_at: Mapped[datetime] = mapped_column(nullable=False, default=_now)
+    created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
 
 
 class GithubLogin(Base):
