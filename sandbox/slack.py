@@ -17,6 +17,8 @@ import email.policy
 import json
 import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -325,6 +327,20 @@ class _Server(ThreadingHTTPServer):
         self.sandbox = sandbox
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client refusing the certificate, or hanging up mid-handshake, is the client's business.
+        if isinstance(sys.exc_info()[1], ssl.SSLError | ConnectionError):
+            log.debug("sandbox: TLS handshake with %s failed", client_address, exc_info=True)
+            return
+        super().handle_error(request, client_address)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        if self.sandbox.tls is not None:
+            # Slack speaks only HTTPS. The handshake runs in the handler's thread (setup), not in the accept loop.
+            conn = self.sandbox.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -339,6 +355,8 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.sandbox._track(self.connection, add=True)
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
 
     def finish(self) -> None:
         self.sandbox._track(self.connection, add=False)
@@ -424,9 +442,12 @@ class SlackSandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         # Message ts values come from this clock (epoch seconds); the demo runs it on the scenario's day.
         self._clock = clock or time.time
+        # A server context (sandbox.tls.LoopbackCA.server_context): HTTPS, as Slack's API only is.
+        self.tls = tls
         self.bot_token = bot_token
         self.team_id = team_id
         self.team_name = team_name
@@ -547,7 +568,7 @@ class SlackSandbox:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._host}:{self.port}/"
+        return f"{'https' if self.tls is not None else 'http'}://{self._host}:{self.port}/"
 
     @property
     def api_url(self) -> str:
