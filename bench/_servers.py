@@ -41,6 +41,7 @@ PYTHON = sys.executable
 sys.path.insert(0, str(REPO))
 
 from sandbox.slack import SlackSandbox  # noqa: E402
+from sandbox.tls import LoopbackCA  # noqa: E402
 
 # ---- nothing outlives the benchmark ---------------------------------------------------------------------------
 
@@ -167,8 +168,8 @@ def _child_main(target: Callable[..., None], *args: Any) -> None:
     target(*args)
 
 
-def _sandbox_main(conn: Connection, latency: dict[str, float]) -> None:
-    with SlackSandbox() as slack:
+def _sandbox_main(conn: Connection, latency: dict[str, float], ca: LoopbackCA | None) -> None:
+    with SlackSandbox(tls=ca.server_context() if ca is not None else None) as slack:
         for method, seconds in latency.items():
             slack.set_latency(method, seconds)
         conn.send((slack.api_url, slack.bot_token))
@@ -185,17 +186,30 @@ def _sandbox_main(conn: Connection, latency: dict[str, float]) -> None:
 
 
 class ChildSandbox:
-    """The Slack sandbox in its own process."""
+    """The Slack sandbox in its own process; over HTTPS unless `tls` is off, as production only reaches Slack over
+    TLS. `env` is what the app needs to trust it: SSL_CERT_FILE, the system's roots and the sandbox's CA."""
 
-    def __init__(self, latency: dict[str, float] | None = None) -> None:
-        self._child = Child(_sandbox_main, latency or {})
+    def __init__(self, latency: dict[str, float] | None = None, *, tls: bool = True) -> None:
+        ca = LoopbackCA() if tls else None
+        self._tmp = tempfile.TemporaryDirectory(prefix="incident-bot-bench-tls-") if tls else None
+        self._child = Child(_sandbox_main, latency or {}, ca)
         self.api_url, self.bot_token = self._child.hello
+        self.env: dict[str, str] = {}
+        if ca is not None and self._tmp is not None:
+            self.env["SSL_CERT_FILE"] = str(ca.write_bundle(Path(self._tmp.name) / "trust.pem"))
 
     def ask(self, command: str, arg: str = "") -> Any:
         return self._child.ask((command, arg))
 
     def stop(self) -> None:
         self._child.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def add_slack_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plain-http", action="store_true",
+                        help="the Slack sandbox over plain HTTP (rounds before 8 were measured so); default HTTPS")
 
 
 def serve_argv() -> list[str]:

@@ -39,6 +39,7 @@ from _servers import (
     Server,
     Signer,
     add_database_arguments,
+    add_slack_arguments,
     gunicorn_argv,
     percentile,
     serve_argv,
@@ -153,6 +154,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--kinds", default="open,reply", help="open, reply or both")
     add_database_arguments(parser)
+    add_slack_arguments(parser)
     parser.add_argument("--profile", metavar="FILE", help="sample serve with py-spy; collapsed stacks into FILE")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -162,14 +164,14 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_url: str | None) -> int:
-    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
+    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY}, tls=not args.plain_http)
     scratch = ScratchDatabase(server_url)
     env = {"SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
            "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO",
            # The bench's opens come from a few users in one channel. Limits high enough never to refuse, not off, so
            # the limiter's query still runs on every open as it does in production.
            "RATE_LIMIT_OPEN_PER_USER": "100000", "RATE_LIMIT_OPEN_PER_CHANNEL": "100000",
-           "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000"}
+           "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000", **sandbox.env}
     signer = Signer(SECRET)
     results: dict[tuple[float, str, str], list[float]] = {}
     cpu: dict[tuple[float, str, str], float] = {}

@@ -123,7 +123,7 @@ def run(database: ScratchDatabase, replies: int, senders: int, chunks: int,
         profile: str | None = None) -> dict[str, float]:
     sandbox = ChildSandbox()
     env = {"SLACK_API_URL": sandbox.api_url, "SLACK_BOT_TOKEN": sandbox.bot_token, "SLACK_SIGNING_SECRET": SECRET,
-           "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO"}
+           "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO", **sandbox.env}
     signer = Signer(SECRET)
     try:
         bare = Server(gunicorn_argv(threads=16), env, ready_path="/")

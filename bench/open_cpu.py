@@ -34,7 +34,14 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from _servers import ChildSandbox, ScratchDatabase, Signer, add_database_arguments, with_database_server  # noqa: E402
+from _servers import (  # noqa: E402
+    ChildSandbox,
+    ScratchDatabase,
+    Signer,
+    add_database_arguments,
+    add_slack_arguments,
+    with_database_server,
+)
 from ack import POST_LATENCY, SECRET, opens  # noqa: E402
 
 # (module, attribute) of the open path's functions, request side then background.
@@ -53,6 +60,7 @@ def main() -> int:
     parser.add_argument("--opens", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0, help="opens per second")
     add_database_arguments(parser)
+    add_slack_arguments(parser)
     parser.add_argument("--breakdown", action="store_true", help="thread CPU per function of the open path")
     args = parser.parse_args()
     return with_database_server(args, lambda server_url: run(args, server_url))
@@ -65,7 +73,7 @@ def start_app(sandbox: ChildSandbox, scratch: ScratchDatabase) -> Any:
         "LISTENER_THREADS": "16", "LOG_LEVEL": "INFO", "DATABASE_URL": scratch.url,
         # As bench/ack.py: never refusing, but still counted on every open.
         "RATE_LIMIT_OPEN_PER_USER": "100000", "RATE_LIMIT_OPEN_PER_CHANNEL": "100000",
-        "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000",
+        "RATE_LIMIT_POST_PER_USER": "100000", "RATE_LIMIT_POST_PER_CHANNEL": "100000", **sandbox.env,
     })
     import app
     from bot.logsetup import configure_logging
@@ -80,7 +88,7 @@ def start_app(sandbox: ChildSandbox, scratch: ScratchDatabase) -> Any:
 
 
 def run(args: argparse.Namespace, server_url: str | None) -> int:
-    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
+    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY}, tls=not args.plain_http)
     scratch = ScratchDatabase(server_url)
     runtime = start_app(sandbox, scratch)
     signer = Signer(SECRET)

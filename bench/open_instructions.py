@@ -28,7 +28,14 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from _servers import ChildSandbox, ScratchDatabase, Signer, add_database_arguments, with_database_server  # noqa: E402
+from _servers import (  # noqa: E402
+    ChildSandbox,
+    ScratchDatabase,
+    Signer,
+    add_database_arguments,
+    add_slack_arguments,
+    with_database_server,
+)
 from ack import POST_LATENCY, SECRET, opens  # noqa: E402
 from open_cpu import batch, start_app  # noqa: E402
 
@@ -40,9 +47,10 @@ def main() -> int:
     parser.add_argument("--opens", type=int, default=40)
     parser.add_argument("--rate", type=float, default=2.0, help="opens per second (valgrind runs ~50× slower)")
     add_database_arguments(parser)
+    add_slack_arguments(parser)
     args = parser.parse_args()
     if os.environ.get(_INSIDE):
-        return measure(args.opens, args.rate, args.database_url)
+        return measure(args.opens, args.rate, args.database_url, tls=not args.plain_http)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -55,6 +63,8 @@ def run_under_callgrind(args: argparse.Namespace, server_url: str | None) -> int
         argv = [sys.argv[0], "--opens", str(args.opens), "--rate", str(args.rate)]
         if server_url is not None:
             argv += ["--database-url", server_url]
+        if args.plain_http:
+            argv.append("--plain-http")
         completed = subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p",
              sys.executable, *argv],
@@ -71,9 +81,9 @@ def run_under_callgrind(args: argparse.Namespace, server_url: str | None) -> int
     return 0
 
 
-def measure(count: int, rate: float, server_url: str | None) -> int:
+def measure(count: int, rate: float, server_url: str | None, *, tls: bool) -> int:
     """Runs inside valgrind: the app as bench/open_cpu.py builds it, counting only around the measured opens."""
-    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY})
+    sandbox = ChildSandbox({"chat.postMessage": POST_LATENCY}, tls=tls)
     scratch = ScratchDatabase(server_url)
     runtime = start_app(sandbox, scratch)
     signer = Signer(SECRET)
