@@ -97,6 +97,8 @@ class Runtime:
         self.ctx.jobs.wait_idle(timeout=10)
         self.ctx.jobs.shutdown()
         evidence.clients(self.ctx).close()
+        if isinstance(self.ctx.messenger, SlackMessenger):
+            self.ctx.messenger.close()
 
 
 def build_context(settings: Settings, *, clock: Clock | None = None, messenger: Messenger | None = None,

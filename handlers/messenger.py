@@ -26,6 +26,7 @@ from slack_sdk.http_retry.state import RetryState
 
 from bot.ports import ChannelRef, ChatMessage, MessengerError
 from bot.render import clip_slack
+from handlers.slack_http import KeepAliveWebClient
 from handlers.slack_limits import MESSAGE_TEXT, MODAL_BLOCKS, fit_message
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,9 @@ class _IdempotentServerErrorRetryHandler(ServerErrorRetryHandler):
         return super()._can_retry(state=state, request=request, response=response, error=error)
 
 
-def make_web_client(token: str, base_url: str, *, timeout: int = 10, retries: int = 2) -> WebClient:
+def make_web_client(token: str, base_url: str, *, timeout: int = 10, retries: int = 2) -> KeepAliveWebClient:
     # slack_sdk never retries a read timeout itself (urllib raises TimeoutError, which no handler here takes).
-    return WebClient(
+    return KeepAliveWebClient(
         token=token,
         base_url=base_url,
         timeout=timeout,
@@ -118,6 +119,11 @@ class SlackMessenger:
         self._bot_user_id: str | None = None
         self._workspace_url: str | None = None
         self._team_id: str | None = None
+
+    def close(self) -> None:
+        """Closes the client's idle connections to Slack (once nothing more will be sent)."""
+        if isinstance(self.client, KeepAliveWebClient):
+            self.client.close()
 
     @property
     def bot_user_id(self) -> str:

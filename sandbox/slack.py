@@ -480,6 +480,7 @@ class SlackSandbox:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self._connections_opened = 0
 
         self._users[bot_user_id] = self._make_user(bot_user_id, self.bot_name, {"is_bot": True})
         self._users[bot_user_id]["profile"]["bot_id"] = bot_id
@@ -539,12 +540,7 @@ class SlackSandbox:
             return
         server.shutdown()
         server.server_close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            # Kick keep-alive handler threads off their blocking reads.
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        self.close_idle_connections()  # kicks keep-alive handler threads off their blocking reads
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -574,10 +570,26 @@ class SlackSandbox:
     def api_url(self) -> str:
         return f"{self.base_url}api/"
 
+    @property
+    def connections_opened(self) -> int:
+        """How many connections clients have opened to the sandbox so far."""
+        with self._lock:
+            return self._connections_opened
+
+    def close_idle_connections(self) -> None:
+        """Closes the connections clients keep open, as a server's keep-alive timeout does. Call it between
+        requests: one in flight would be cut off."""
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
             if add:
                 self._conns.add(conn)
+                self._connections_opened += 1
             else:
                 self._conns.discard(conn)
 
