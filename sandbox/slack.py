@@ -356,7 +356,11 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.sandbox._track(self.connection, add=True)
         if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()
+            try:
+                self.connection.do_handshake()
+            except BaseException:  # finish() will not run: the connection is nobody's to kick any more
+                self.sandbox._track(self.connection, add=False)
+                raise
 
     def finish(self) -> None:
         self.sandbox._track(self.connection, add=False)
