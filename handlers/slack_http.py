@@ -31,16 +31,13 @@ POOL_SIZE = 16  # as many as listener threads; more would only sit idle
 class KeepAliveWebClient(WebClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        origin = urlsplit(self.base_url)
-        self._origin = (origin.scheme.lower(), origin.hostname, origin.port)
-        self._pool = ConnectionPool(origin.scheme.lower(), origin.hostname or "", origin.port, context=self.ssl)
+        self._pool = ConnectionPool(self.base_url, context=self.ssl)
 
     def close(self) -> None:
         self._pool.close()
 
     def _perform_urllib_http_request_internal(self, url: str, req: Request) -> dict[str, Any]:
-        target = urlsplit(url)
-        if self.proxy is not None or (target.scheme.lower(), target.hostname, target.port) != self._origin:
+        if self.proxy is not None or not self._pool.serves(url):
             return super()._perform_urllib_http_request_internal(url, req)
         return self._pool.send(url, req, timeout=self.timeout)
 
@@ -48,13 +45,17 @@ class KeepAliveWebClient(WebClient):
 class ConnectionPool:
     """Connections to one origin, each used by one call at a time; the most recently used first."""
 
-    def __init__(self, scheme: str, host: str, port: int | None, *, context: Any) -> None:
-        if scheme not in ("http", "https"):
-            raise ValueError(f"not an HTTP URL: {scheme}")
-        self._scheme, self._host, self._port = scheme, host, port
+    def __init__(self, base_url: str, *, context: Any) -> None:
+        self._origin = _origin(base_url)
+        self._scheme, self._host, self._port = self._origin
+        if self._scheme not in ("http", "https"):
+            raise ValueError(f"not an HTTP URL: {base_url}")
         self._context = context
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
+
+    def serves(self, url: str) -> bool:
+        return _origin(url) == self._origin
 
     def send(self, url: str, req: Request, *, timeout: float) -> dict[str, Any]:
         conn = self._take()
@@ -111,13 +112,20 @@ class ConnectionPool:
         conn.close()
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.hostname or "", parts.port
+
+
 def _closed_by_server(conn: http.client.HTTPConnection) -> bool:
-    """An idle connection with something to read has been closed by the server (or is out of step): unusable."""
+    """An idle connection with something to read has been closed by the server (or is out of step): unusable.
+    poll, not select: select refuses descriptors above 1024, and a busy process has them."""
     sock = conn.sock
     if sock is None:
         return True
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
