@@ -191,11 +191,12 @@ class ChildSandbox:
 
     def __init__(self, latency: dict[str, float] | None = None, *, tls: bool = True) -> None:
         ca = LoopbackCA() if tls else None
-        self._tmp = tempfile.TemporaryDirectory(prefix="incident-bot-bench-tls-") if tls else None
         self._child = Child(_sandbox_main, latency or {}, ca)
         self.api_url, self.bot_token = self._child.hello
         self.env: dict[str, str] = {}
-        if ca is not None and self._tmp is not None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if ca is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="incident-bot-bench-tls-")
             self.env["SSL_CERT_FILE"] = str(ca.write_bundle(Path(self._tmp.name) / "trust.pem"))
 
     def ask(self, command: str, arg: str = "") -> Any:
