@@ -87,12 +87,11 @@ def open_incident(
         "announce_claimed_until": now + announce_lease(ctx) if announcing else None,
     }
     # The row and its first event by Core INSERTs: the ORM's unit of work for the two was a sixth of an open's CPU
-    # (bench/open_cpu.py, profiled with yappi). The Incident is built from what was written, and what the database
-    # made (its id, and the row's clock), and joins the session as loaded: reading all its columns back through
-    # the ORM's loader cost twice the INSERT.
-    incident_id, created_at, updated_at = session.execute(_incident_insert(), row).one()
-    incident = Incident(**{**_EVERY_COLUMN, **row, "id": incident_id, "created_at": created_at,
-                           "updated_at": updated_at})
+    # (bench/open_cpu.py, profiled with yappi). The Incident is built from what was written and what the database
+    # filled in, and joins the session as loaded: reading all its columns back through the ORM's loader cost twice
+    # the INSERT.
+    filled_in = session.execute(_incident_insert(), row).one()
+    incident = Incident(**{**_EVERY_COLUMN, **row, **dict(zip(_FILLED_IN, filled_in, strict=True))})
     make_transient_to_detached(incident)  # every column is set, so none is left expired to load later
     session.add(incident)
     timeline.insert_system_event(
@@ -109,11 +108,14 @@ def open_incident(
 def _incident_insert() -> Any:
     """Built once, the row as parameters."""
     table = cast(Table, Incident.__table__)
-    return insert(table).returning(table.c.id, table.c.created_at, table.c.updated_at)
+    return insert(table).returning(*(table.c[key] for key in _FILLED_IN))
 
 
-# Every column, empty: what an open leaves unset is set to that, so the Incident it builds has nothing to load.
+# Every column empty, for what an open leaves unset; and the columns the database may fill in (the id, and any with
+# a default), read back from the INSERT, so a column given a default later is never shown as empty.
 _EVERY_COLUMN = dict.fromkeys(attribute.key for attribute in Incident.__mapper__.column_attrs)
+_FILLED_IN = tuple(column.key for column in cast(Table, Incident.__table__).c
+                   if column.primary_key or column.default is not None or column.server_default is not None)
 
 
 def announcement_context(ctx: Context, session: Session, incident: Incident) -> dict[str, Any]:

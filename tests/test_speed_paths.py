@@ -19,6 +19,7 @@ from sqlalchemy import delete, event, select
 from bot import access, homes, incidents, reminders
 from bot.clock import ManualClock
 from bot.homes import HomeCache, TtlLru
+from bot.parsing import parse_open
 from bot.reminders import Soonest
 from handlers.guards import DatabaseHealth
 from sandbox.harness import LocalBot
@@ -177,6 +178,23 @@ def test_an_open_writes_its_reminders_without_psycopgs_executemany(
     assert sorted(kinds) == sorted([reminders.RCA, reminders.MEETING_PRE, reminders.MEETING_START,
                                     reminders.REPORT_NUDGE])
 
+
+
+def test_the_incident_an_open_builds_is_the_row_as_stored_and_the_sessions_own(bot: LocalBot) -> None:
+    # The open builds its Incident from the row it wrote rather than loading it back: every column must be what the
+    # database holds (defaults included), and a change to it in the same transaction must be written.
+    columns = [attribute.key for attribute in Incident.__mapper__.column_attrs]
+    with bot.ctx.db.session() as session:
+        opened = incidents.open_incident(bot.ctx, session, parse_open("결제 API 오류 sev:high"), channel_id="C0DEMO",
+                                         user_id="U0SENA", announcing=True)
+        assert session.get(Incident, opened.id) is opened
+        built = {key: getattr(opened, key) for key in columns}
+        opened.root_cause = "canary"
+    with bot.ctx.db.read() as session:
+        stored = session.get_one(Incident, opened.id)
+        assert {key: getattr(stored, key) for key in columns} == {**built, "root_cause": "canary",
+                                                                   "updated_at": stored.updated_at}
+        assert stored.updated_at > built["updated_at"]
 
 # ---- the cache of homes, and replicas -------------------------------------------------------------------------
 
