@@ -179,7 +179,6 @@ def test_an_open_writes_its_reminders_without_psycopgs_executemany(
                                     reminders.REPORT_NUDGE])
 
 
-
 def test_the_incident_an_open_builds_is_the_row_as_stored_and_the_sessions_own(bot: LocalBot) -> None:
     # The open builds its Incident from the row it wrote rather than loading it back: every column must be what the
     # database holds (defaults included), and a change to it in the same transaction must be written.
@@ -195,6 +194,7 @@ def test_the_incident_an_open_builds_is_the_row_as_stored_and_the_sessions_own(b
         assert {key: getattr(stored, key) for key in columns} == {**built, "root_cause": "canary",
                                                                    "updated_at": stored.updated_at}
         assert stored.updated_at > built["updated_at"]
+
 
 # ---- the cache of homes, and replicas -------------------------------------------------------------------------
 
