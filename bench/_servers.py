@@ -218,13 +218,14 @@ def serve_argv() -> list[str]:
     return [PYTHON, "-c", "import sys, app; sys.exit(app.main(['serve']))"]
 
 
-def gunicorn_argv(threads: int = 16) -> list[str]:
-    """The bare app under the worker settings `incident-bot serve` gives gunicorn (app.py cmd_serve)."""
+def gunicorn_argv(threads: int = 16, module: str = "bare_app:app") -> list[str]:
+    """A bench app (the bare one unless told) under the worker settings `incident-bot serve` gives gunicorn (app.py
+    cmd_serve)."""
     return [PYTHON, "-m", "gunicorn", "--chdir", str(REPO / "bench"), "--pythonpath", str(REPO),
             "--worker-class", "handlers.server.BufferedWSGIWorker",
             "--workers", "1", "--threads", str(threads), "--timeout", "60", "--graceful-timeout", "20",
             "--no-control-socket", "--log-level", "warning", "--bind", "127.0.0.1:{port}",
-            "bare_app:app"]
+            module]
 
 
 class Server:

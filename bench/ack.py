@@ -1,6 +1,6 @@
 """Benchmark: how fast Slack gets its ack, against a bare Bolt app on the same server, in the same run.
 
-    python bench/ack.py [--requests 200] [--rates 5,20] [--rounds 2] [--kinds open,reply]
+    python bench/ack.py [--requests 200] [--rates 5,20] [--rounds 2] [--kinds open,reply] [--floor]
                         [--postgres | --database-url URL] [--profile FILE]
 
 Both apps run under gunicorn with the worker settings `incident-bot serve` uses (1 BufferedWSGIWorker, 16
@@ -15,6 +15,9 @@ batch until its background work has drained after it; idle, serve's timers cost 
 --postgres starts a throwaway PostgreSQL with scripts/pg; --database-url names a server to create a scratch
 database on; the default is a fresh SQLite file. --profile runs serve under py-spy (its CPU figures then leave
 py-spy's own out) and prints the top frames at the end; --kinds open profiles the opens alone.
+--floor also runs bench/floor_app.py under the same gunicorn settings, in turn with the other two, for the opens:
+an open that does only the work an open must do, with the same libraries, so that serve's CPU per open can be
+set beside what the work itself costs behind the same server.
 Target: serve's p99 within 1.5× of the bare app's.
 """
 
@@ -133,6 +136,8 @@ def announcement_ts(database_url: str, timeout: float = 30.0) -> str:
 
 
 def stored(database_url: str) -> tuple[int, int]:
+    """Serve's incidents (not the floor's) and the reply events."""
+    import floor_app
     from sqlalchemy import create_engine, func, select
 
     from storage.models import Incident, TimelineEvent
@@ -140,7 +145,8 @@ def stored(database_url: str) -> tuple[int, int]:
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            return (int(connection.scalar(select(func.count()).select_from(Incident)) or 0),
+            return (int(connection.scalar(select(func.count()).select_from(Incident)
+                                          .where(Incident.service.is_distinct_from(floor_app.SERVICE))) or 0),
                     int(connection.scalar(select(func.count()).select_from(TimelineEvent)
                                           .where(TimelineEvent.kind == "message")) or 0))
     finally:
@@ -156,6 +162,7 @@ def main() -> int:
     add_database_arguments(parser)
     add_slack_arguments(parser)
     parser.add_argument("--profile", metavar="FILE", help="sample serve with py-spy; collapsed stacks into FILE")
+    parser.add_argument("--floor", action="store_true", help="also the floor app (bench/floor_app.py), for opens")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     kinds = [kind for kind in ("open", "reply") if kind in args.kinds.split(",")]
@@ -179,6 +186,7 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
     try:
         bare = Server(gunicorn_argv(threads=16), env, ready_path="/")
         serve = Server(serve_argv(), {**env, "DATABASE_URL": scratch.url}, profile=args.profile)
+        servers = {"bare": bare, "serve": serve}
         try:
             # Warm up both: imports, auth.test, connections, the first incident's thread for the replies.
             for server in (bare, serve):
@@ -186,21 +194,29 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
             thread_ts = announcement_ts(scratch.url)
             for server in (bare, serve):
                 measure(f"{server.url}/slack/events", replies(signer, 20, thread_ts), 20)
+            if args.floor:  # once serve has migrated the database and its first thread is known
+                servers["floor"] = Server(gunicorn_argv(threads=16, module="floor_app:app"),
+                                          {**env, "DATABASE_URL": scratch.url}, ready_path="/")
+                warm_posts = sandbox.ask("count", "chat.postMessage") + 20
+                measure(f"{servers['floor'].url}/slack/events", opens(signer, 20, "warm"), 20)
+                posted(sandbox, warm_posts)
             expected_posts = sandbox.ask("count", "chat.postMessage")
             for rate in rates:
                 for round_ in range(args.rounds):
-                    for name, server in (("bare", bare), ("serve", serve)):
+                    for name, server in servers.items():
                         url = f"{server.url}/slack/events"
                         for kind in kinds:
+                            if name == "floor" and kind != "open":
+                                continue
                             jobs = (opens(signer, args.requests, f"{rate:g}/{round_}") if kind == "open"
                                     else replies(signer, args.requests, thread_ts))
                             before = settle(server)
                             results.setdefault((rate, name, kind), []).extend(measure(url, jobs, rate))
                             if name == "serve":
                                 sent[kind] += args.requests
-                                if kind == "open":
-                                    expected_posts += args.requests
-                                    posted(sandbox, expected_posts)
+                            if name != "bare" and kind == "open":
+                                expected_posts += args.requests
+                                posted(sandbox, expected_posts)
                             # Background work included: the announcement, the reminders, the answer kept for
                             # replays, names; until the process is back to its idle timers.
                             after = settle(server)
@@ -208,8 +224,8 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
                                 cpu[(rate, name, kind)] = cpu.get((rate, name, kind), 0.0) + after - before
             incidents, events = stored(scratch.url)
         finally:
-            bare.stop()
-            serve.stop()
+            for server in servers.values():
+                server.stop()
     finally:
         sandbox.stop()
         scratch.drop()
@@ -222,7 +238,9 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
     for rate in rates:
         for kind in kinds:
             label = "/incident open" if kind == "open" else "thread reply"
-            for name in ("bare", "serve"):
+            for name in ("bare", "floor", "serve"):
+                if (rate, name, kind) not in results:
+                    continue
                 values = results[(rate, name, kind)]
                 line = (f"{rate:>6g} {label:<15} {name:<6} {percentile(values, 50):>6.1f} "
                         f"{percentile(values, 99):>7.1f} {max(values):>7.1f}  ")
