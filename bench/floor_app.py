@@ -16,17 +16,21 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 
 from bot import incidents, ratelimit, reminders, replays, timeline
 from bot.context import Context
 from storage.models import Incident
 
 SERVICE = "bench-floor"
+_INCIDENTS = cast(Table, Incident.__table__)
+# Built once, as the app builds its statements: building one per call would put SQLAlchemy's compiler in the floor.
+_ANNOUNCED = (update(_INCIDENTS).where(_INCIDENTS.c.id == bindparam("incident"))
+              .values(announcement_ts=bindparam("ts"), announce_claimed_until=None, updated_at=bindparam("now")))
 
 
 class FloorApp:
@@ -80,8 +84,7 @@ class FloorApp:
             channel=incident.channel_id, text=message.text, blocks=message.blocks, unfurl_links=False,
             unfurl_media=False, metadata=incidents.announcement_metadata(incident.public_id))
         with ctx.db.engine.begin() as connection:
-            connection.execute(update(Incident).where(Incident.id == incident.id).values(
-                announcement_ts=posted["ts"], announce_claimed_until=None, updated_at=ctx.clock.now()))
+            connection.execute(_ANNOUNCED, {"incident": incident.id, "ts": posted["ts"], "now": ctx.clock.now()})
 
     def announced(self) -> int:
         """How many of its incidents are stored with their announcement's ts."""
