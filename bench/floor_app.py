@@ -83,7 +83,7 @@ class FloorApp:
         posted = self.client.chat_postMessage(
             channel=incident.channel_id, text=message.text, blocks=message.blocks, unfurl_links=False,
             unfurl_media=False, metadata=incidents.announcement_metadata(incident.public_id))
-        with ctx.db.engine.begin() as connection:
+        with ctx.db.statement() as connection:  # one statement, atomic by itself, as the app stores it
             connection.execute(_ANNOUNCED, {"incident": incident.id, "ts": posted["ts"], "now": ctx.clock.now()})
 
     def announced(self) -> int:

@@ -5,12 +5,14 @@ never loses a reply because of it. On SQLite and, with TEST_DATABASE_URL, on Pos
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,6 +160,33 @@ def test_the_open_ack_waits_for_a_fixed_list_of_statements(bot: LocalBot, quiet_
         [sequence] = [autocommit for _, sql, autocommit in counted.seen if "incident_sequences" in sql]
         assert sequence is True
         assert all(not autocommit for _, sql, autocommit in counted.seen if "INSERT INTO incidents" in sql)
+
+
+def test_the_benchs_floor_sends_the_statements_an_open_sends(bot: LocalBot, quiet_health: None) -> None:
+    # bench/floor_app.py measures what an open's work costs with nothing of the app around it (README
+    # "Performance", round 10). It is a floor only while it sends what the app sends, before the ack and after.
+    floor_app = _bench_module("floor_app")
+    open_incident(bot, "워밍업 sev:low")
+    assert bot.driver is not None
+    with statements(bot) as app_sent:
+        bot.driver.command("/incident", "open 결제 API 오류 sev:high")
+    floor = floor_app.FloorApp(bot.ctx, bot.ctx.messenger.client, "unused-signing-secret")
+    answers: list[dict[str, Any]] = []
+    with statements(bot) as floor_sent:
+        floor.open(lambda **answer: answers.append(answer), {
+            "user_id": "U0SENA", "channel_id": CHANNEL, "trigger_id": "1.floor", "text": "open 결제 API 오류"})
+        floor.stop()  # its announcement posted and stored
+    assert [shape(sql) for _, sql, _ in floor_sent.seen] == [shape(sql) for _, sql, _ in app_sent.seen]
+    assert [shape(sql) for _, sql, _ in app_sent.seen][-1] == "UPDATE incidents"  # the announcement on record
+    assert "INCIDENT-" in answers[0]["text"] and floor.announced() == 1
+
+
+def _bench_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_an_open_writes_its_reminders_without_psycopgs_executemany(
