@@ -135,8 +135,9 @@ def announcement_ts(database_url: str, timeout: float = 30.0) -> str:
     return found[0]
 
 
-def stored(database_url: str) -> tuple[int, int]:
-    """Serve's incidents (not the floor's) and the reply events."""
+def stored(database_url: str) -> tuple[int, int, int]:
+    """Serve's incidents (not the floor's), the reply events, and the floor's incidents with their announcement's ts
+    (so that a floor which failed to store it cannot pass for a cheaper one)."""
     import floor_app
     from sqlalchemy import create_engine, func, select
 
@@ -148,7 +149,10 @@ def stored(database_url: str) -> tuple[int, int]:
             return (int(connection.scalar(select(func.count()).select_from(Incident)
                                           .where(Incident.service.is_distinct_from(floor_app.SERVICE))) or 0),
                     int(connection.scalar(select(func.count()).select_from(TimelineEvent)
-                                          .where(TimelineEvent.kind == "message")) or 0))
+                                          .where(TimelineEvent.kind == "message")) or 0),
+                    int(connection.scalar(select(func.count()).select_from(Incident)
+                                          .where(Incident.service == floor_app.SERVICE,
+                                                 Incident.announcement_ts.is_not(None))) or 0))
     finally:
         engine.dispose()
 
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
     signer = Signer(SECRET)
     results: dict[tuple[float, str, str], list[float]] = {}
     cpu: dict[tuple[float, str, str], float] = {}
-    sent = {"open": 20, "reply": 20}
+    sent = {"open": 20, "reply": 20, "floor": 0}
     try:
         bare = Server(gunicorn_argv(threads=16), env, ready_path="/")
         serve = Server(serve_argv(), {**env, "DATABASE_URL": scratch.url}, profile=args.profile)
@@ -200,6 +204,7 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
                 warm_posts = sandbox.ask("count", "chat.postMessage") + 20
                 measure(f"{servers['floor'].url}/slack/events", opens(signer, 20, "warm"), 20)
                 posted(sandbox, warm_posts)
+                sent["floor"] = 20
             expected_posts = sandbox.ask("count", "chat.postMessage")
             for rate in rates:
                 for round_ in range(args.rounds):
@@ -214,6 +219,8 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
                             results.setdefault((rate, name, kind), []).extend(measure(url, jobs, rate))
                             if name == "serve":
                                 sent[kind] += args.requests
+                            elif name == "floor":
+                                sent["floor"] += args.requests
                             if name != "bare" and kind == "open":
                                 expected_posts += args.requests
                                 posted(sandbox, expected_posts)
@@ -222,7 +229,7 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
                             after = settle(server)
                             if before is not None and after is not None:
                                 cpu[(rate, name, kind)] = cpu.get((rate, name, kind), 0.0) + after - before
-            incidents, events = stored(scratch.url)
+            incidents, events, floor_announced = stored(scratch.url)
         finally:
             for server in servers.values():
                 server.stop()
@@ -254,9 +261,11 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
                 if per_request is not None:
                     line += f" {per_request / len(values) * 1000:.1f}"
                 print(line)
-    exact = incidents == sent["open"] and events == sent["reply"]
+    exact = incidents == sent["open"] and events == sent["reply"] and floor_announced == sent["floor"]
     print(f"serve stored {incidents} incidents and {events} reply events (sent {sent['open']} and {sent['reply']}"
           f"{'' if exact else ': WRONG COUNT'}); all {expected_posts} announcements were posted")
+    if args.floor:
+        print(f"the floor stored {floor_announced} incidents with their announcement (sent {sent['floor']})")
     print("target met" if ok else "target NOT met")
     return 0 if ok and exact else 1
 
