@@ -15,7 +15,6 @@ checks, the post's retry bookkeeping and the log line. Its incidents are stored 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from typing import Any, cast
 
 from slack_bolt import Ack, App
@@ -52,7 +51,7 @@ class FloorApp:
                 "trigger_id": trigger, "kind": "incident open", "user_id": user, "received_at": now}).first()
             ratelimit.take(connection, ratelimit.OPEN,  # typed for a Session; it sends Core statements only
                            ratelimit.command_limits(ctx, ratelimit.OPEN, user, channel),
-                           now=now, window=timedelta(minutes=1))
+                           now=now, window=ctx.settings.rate_limit_window)
             if dialect == "postgresql":
                 with db.statement() as numbering:
                     seq = numbering.execute(incidents._next_in(dialect), {"day": day, "last": 1}).scalar_one()
@@ -62,7 +61,7 @@ class FloorApp:
                    "severity": "high", "status": "investigating", "service": SERVICE, "channel_id": channel,
                    "mode": "thread", "origin_channel_id": None, "opened_by": user, "opened_at": now,
                    "meeting_at": now + ctx.settings.postmortem_meeting_after, "detected_at": now,
-                   "announce_claimed_until": now + timedelta(minutes=1)}
+                   "announce_claimed_until": now + incidents.announce_lease(ctx)}
             filled_in = connection.execute(incidents._incident_insert(), row).one()
             incident = Incident(**{**row, **filled_in._asdict()})
             connection.execute(timeline._system_insert(), timeline._system_row(
