@@ -4,6 +4,8 @@ through real HTTP; each test checks what the database holds and what reached Sla
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -416,6 +418,31 @@ def test_edit_opens_a_prefilled_modal_and_saves_the_submission(bot: LocalBot) ->
     document = report(bot)
     assert "## 근본 원인\n추천 엔진의 N+1 쿼리 문제\n- 400번의 개별 쿼리\n" in document
     assert "## 결론\n이번 사건은 **테스트의 중요성**을 보여주었습니다.\n" in document
+
+
+def test_edit_opens_its_modal_before_the_ack_even_with_the_background_pool_busy(bot: LocalBot) -> None:
+    # The trigger lives 3 s from the command: views.open must not wait behind slow background work.
+    open_incident(bot)
+    released = threading.Event()
+    for _ in range(32):  # more than the pool has workers
+        bot.ctx.jobs.submit(released.wait, 30)
+    try:
+        response = bot.driver.command("/postmortem", "edit")  # no settling: the pool is still held
+        assert "편집 창" in response.json()["text"]
+        [view] = bot.slack.views()
+        assert view["callback_id"] == "postmortem.edit"
+    finally:
+        released.set()
+    bot.settle()
+    assert len(bot.slack.calls("views.open")) == 1
+
+
+def test_edit_with_an_expired_trigger_says_so_in_its_answer(bot: LocalBot) -> None:
+    open_incident(bot)
+    stale = bot.slack.issue_trigger(bot.driver.new_trigger_id(), issued_at=time.time() - 10)
+    answer = pm(bot, "edit", trigger_id=stale)
+    assert "편집 창을 열지 못했습니다 (expired_trigger_id)" in answer
+    assert bot.slack.views() == [] and bot.slack.responses() == []  # told once, in the answer
 
 
 def test_a_bad_modal_submission_gets_field_errors_and_stores_nothing(bot: LocalBot) -> None:

@@ -281,7 +281,6 @@ def test_nul_and_controls_in_modal_input_are_removed_before_storing(bot: LocalBo
     assert bot.driver is not None
     open_incident(bot)
     assert bot.driver.command("/postmortem", "edit").status_code == 200
-    bot.settle()  # the modal opens after the ack
     [view] = bot.slack.views()
     values = {"root_cause": "N+1\x00 쿼리\x08", "lessons": "작은\x00 데이터\r\n큰 데이터", "prevention": "",
               "conclusion": "끝\x1f"}

@@ -7,7 +7,6 @@ answers ephemerally, and leaves Slack posts (item messages, the checklist, the a
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from slack_bolt import Respond
 
@@ -16,6 +15,7 @@ from bot.context import Context
 from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.render import most_that_fits
+from handlers import modals
 from handlers.blocks import postmortem as blocks
 from handlers.commands.access import asking
 from handlers.commands.base import Answer, CommandRequest, Subcommand, postmortem_subcommand, tell
@@ -156,14 +156,10 @@ def edit(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
         view = blocks.edit_modal(postmortem.edit_form(ctx, session, incident))
     if not request.trigger_id:
         raise UsageError("modal_failed", "edit", reason="no trigger_id")
-    # views.open is a Slack call, so it waits for the ack; the job starts as the response is written, well
-    # inside the 3 s the trigger lives.
-    ctx.jobs.submit(_open_edit_modal, ctx, request.trigger_id, view, respond)
+    # The trigger lives 3 s from the command. On the background pool, views.open could queue behind slow Slack
+    # posts and miss them; the opener's own pool opens it before the ack, as the declare form does.
+    opening = modals.open_at_once(ctx, request.trigger_id, view, late=lambda error: tell(
+        respond, ctx.say("postmortem.error", code="modal_failed", params={"reason": error.kind})))
+    if opening.outcome == "failed":
+        raise UsageError("modal_failed", "edit", reason=opening.reason)
     return Answer(text=ctx.say("postmortem.edit_opened"))
-
-
-def _open_edit_modal(ctx: Context, trigger_id: str, view: dict[str, Any], respond: Respond) -> None:
-    try:
-        ctx.messenger.open_view(trigger_id, view)
-    except MessengerError as error:
-        tell(respond, ctx.say("postmortem.error", code="modal_failed", params={"reason": error.kind}))
