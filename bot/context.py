@@ -15,7 +15,7 @@ from bot.ports import Messenger, Presenter
 from bot.render import Renderer
 from bot.settings import Settings
 from bot.timefmt import TimeFormatter
-from storage.db import Database
+from storage.db import Database, Work
 from storage.models import ActionItem, Incident
 
 P = ParamSpec("P")
@@ -53,7 +53,7 @@ class Hooks:
                  "on_start", "on_stop", "on_sweep")
 
     def __init__(self, ctx: Context) -> None:
-        self.on_open: Hook[[Session, Incident]] = Hook(ctx, "on_open", "inside the opening transaction")
+        self.on_open: Hook[[Work, Incident]] = Hook(ctx, "on_open", "inside the opening transaction")
         self.on_announced: Hook[[int]] = Hook(
             ctx, "on_announced", "(incident_id) once the announcement and its thread exist")
         self.on_announced_stale: Hook[[int]] = Hook(

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from bot import incidents
 from bot.context import Context
 from bot.jobs import after_commit
+from storage.db import Work
 from storage.models import Incident
 
 MAX_ENTRIES = 4096
@@ -134,7 +135,7 @@ def forget_channel(ctx: Context, channel: str) -> None:
 
 
 def install(ctx: Context) -> None:
-    def on_open(ctx: Context, session: Session, incident: Incident) -> None:
+    def on_open(ctx: Context, session: Work, incident: Incident) -> None:
         channel = incident.channel_id
         after_commit(session, lambda: forget_channel(ctx, channel))
 

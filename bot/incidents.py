@@ -24,6 +24,7 @@ from bot.jobs import after_commit
 from bot.parsing import OpenRequest, UsageError
 from bot.ports import MessengerError
 from bot.render import RenderedMessage
+from storage.db import Work
 from storage.models import Incident, IncidentSequence, RoleAssignment
 from storage.sql import claim_lease, renew_lease, upsert
 
@@ -34,7 +35,7 @@ ANNOUNCEMENT_EVENT = "incident_announcement"  # the message metadata that marks 
 MILESTONES = ("deployed", "started", "detected", "rollback", "recovered", "resolved")
 
 
-def next_sequence(ctx: Context, session: Session, day: str) -> int:
+def next_sequence(ctx: Context, session: Work, day: str) -> int:
     """The day's next number, with one atomic upsert: concurrent opens on the same day each get their own.
 
     On PostgreSQL it is taken in a statement of its own, committed at once: inside the open's transaction the
@@ -57,12 +58,13 @@ def _next_in(dialect: str) -> Any:
 
 
 def open_incident(
-    ctx: Context, session: Session, request: OpenRequest, *, channel_id: str, user_id: str,
+    ctx: Context, session: Work, request: OpenRequest, *, channel_id: str, user_id: str,
     user_name: str | None = None, announcing: bool = False,
 ) -> Incident:
     """With `announcing`, the caller posts the announcement next, in a job of this process: its lease is taken in
     the incident's own INSERT (pass the incident to post_announcement as `opened`), so the post claims nothing.
-    Should the job never run (the process died), the sweep posts it once the lease has lapsed."""
+    Should the job never run (the process died), the sweep posts it once the lease has lapsed. In a Session the
+    Incident joins it as loaded; in Core work (Database.work) it is returned detached, every column set."""
     now = ctx.clock.now()
     day = now.astimezone(ctx.settings.timezone).strftime("%Y%m%d")
     service = request.service or ctx.settings.cloud_run_service
@@ -93,7 +95,8 @@ def open_incident(
     filled_in = session.execute(_incident_insert(), row).one()
     incident = Incident(**{**_EVERY_COLUMN, **row, **dict(zip(_FILLED_IN, filled_in, strict=True))})
     make_transient_to_detached(incident)  # every column is set, so none is left expired to load later
-    session.add(incident)
+    if isinstance(session, Session):
+        session.add(incident)
     timeline.insert_system_event(
         session, incident.id, actor=user_id, actor_name=user_name, at=now, action="opened",
         data={"title": request.title, "severity": request.severity, "service": service},

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from storage.db import CoreWork, Work
+
 log = logging.getLogger(__name__)
 
 HOLD_AT_MOST_SECONDS = 3.0
@@ -21,13 +23,16 @@ HOLD_AT_MOST_SECONDS = 3.0
 _AFTER_COMMIT = "jobs.after_commit"
 
 
-def after_commit(session: Session, then: Callable[[], object], *, state_key: str | None = None) -> None:
+def after_commit(session: Work, then: Callable[[], object], *, state_key: str | None = None) -> None:
     """Calls `then` on the committing thread once the session's transaction has committed; a rollback drops it,
     and with it `session.info[state_key]` (what `then` was to read), so nothing of a rolled-back unit lingers.
 
     Domain functions work in their caller's unit of work, so this is how they hand on what must never run before
     (or without) the commit: Slack calls, timers. `then` must not use the session; it usually submits jobs.
     """
+    if isinstance(session, CoreWork):  # its info goes with it on a rollback: nothing to drop
+        session.on_commit.append(then)
+        return
     session.info.setdefault(_AFTER_COMMIT, []).append((then, state_key))
 
 

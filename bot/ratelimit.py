@@ -17,9 +17,9 @@ from typing import Any, cast
 
 from sqlalchemy import BigInteger, Integer, Select, Table, bindparam, delete, func, insert, select, union_all
 from sqlalchemy import cast as cast_
-from sqlalchemy.orm import Session
 
 from bot.context import Context
+from storage.db import Work
 from storage.models import RateHit
 from storage.sql import dialect_name
 
@@ -49,7 +49,7 @@ def _lock_id(source: str, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{source}\0{key}".encode()).digest()[:8], "big", signed=True)
 
 
-def take(session: Session, source: str, limits: Sequence[Limit], *, now: datetime, window: timedelta) -> list[int]:
+def take(session: Work, source: str, limits: Sequence[Limit], *, now: datetime, window: timedelta) -> list[int]:
     """Counts one hit against every limit, or none at all: RateLimited when any of them is spent.
 
     Returns the ids of the hits, so that a request which turns out to be bad input can give them back.
@@ -136,7 +136,7 @@ class Spend:
     hits: list[int] = field(default_factory=list)
     refused: RateLimited | None = None
 
-    def take(self, ctx: Context, session: Session, source: str, user_id: str, channel_id: str) -> None:
+    def take(self, ctx: Context, session: Work, source: str, user_id: str, channel_id: str) -> None:
         """Takes from the per-user and per-channel budgets of `source` in the caller's transaction. A refusal
         is kept, not raised, so that the caller's transaction (which records the request) still commits."""
         limits = command_limits(ctx, source, user_id, channel_id)

@@ -49,6 +49,7 @@ from bot.parsing import UsageError
 from bot.ports import MessengerError
 from bot.render import RenderedMessage
 from bot.scheduler import ReminderScheduler
+from storage.db import Work
 from storage.models import ActionItem, Incident, Reminder, Report, RoleAssignment, Why
 from storage.sql import claim_lease, dialect_name, insert
 
@@ -199,7 +200,7 @@ def _queue_job(ctx: Context, session: Session, *reminders: Reminder) -> None:
                                  else None) for reminder in reminders])
 
 
-def _queue_times(ctx: Context, session: Session, rows: list[tuple[int, int, datetime | None]]) -> None:
+def _queue_times(ctx: Context, session: Work, rows: list[tuple[int, int, datetime | None]]) -> None:
     """(reminder id, incident id, due time or None when no longer pending) of rows written in `session`."""
     queue: dict[int, datetime | None] | None = session.info.get(_QUEUE_KEY)
     if queue is None:
@@ -212,7 +213,7 @@ def _queue_times(ctx: Context, session: Session, rows: list[tuple[int, int, date
             soonest.lower(incident_id, due_at)
 
 
-def _after_commit(ctx: Context, session: Session) -> None:
+def _after_commit(ctx: Context, session: Work) -> None:
     queue = session.info.pop(_QUEUE_KEY, None)
     sched = scheduler(ctx)
     if not queue or sched is None:
@@ -302,7 +303,7 @@ def _meeting_plan(incident: Incident) -> list[tuple[str, datetime, bool]]:
             (REPORT_NUDGE, meeting + MEETING_LENGTH, True)]
 
 
-def on_open(ctx: Context, session: Session, incident: Incident) -> None:
+def on_open(ctx: Context, session: Work, incident: Incident) -> None:
     # A new incident has no reminders to look up: all of them go in with one Core INSERT (this runs before the
     # ack; the ORM's unit of work for four objects cost three times as much).
     now = ctx.clock.now()

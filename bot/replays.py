@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, select, update
-from sqlalchemy.orm import Session
 
 from bot.context import Context
+from storage.db import Work
 from storage.models import SeenRequest
 from storage.sql import dialect_name, upsert
 
@@ -45,7 +45,7 @@ def dedupe_key(body: dict[str, Any]) -> str | None:
     return trigger_id
 
 
-def first_delivery(session: Session, now: datetime, trigger_id: str, kind: str, user_id: str | None) -> bool:
+def first_delivery(session: Work, now: datetime, trigger_id: str, kind: str, user_id: str | None) -> bool:
     """Records the trigger_id; True for the one delivery that runs the request, False for a replay. On
     PostgreSQL a concurrent delivery waits here until the first one's transaction ends, then sees its row."""
     row = {"trigger_id": trigger_id, "kind": kind[:32], "received_at": now,
@@ -66,7 +66,7 @@ def record_answer(ctx: Context, trigger_id: str, answer: dict[str, Any]) -> None
         keep_answer(session, trigger_id, answer)
 
 
-def keep_answer(session: Session, trigger_id: str, answer: dict[str, Any]) -> None:
+def keep_answer(session: Work, trigger_id: str, answer: dict[str, Any]) -> None:
     """The first answer stays: a later one (after a failure) never replaces it."""
     session.execute(_answer_update(), {"trigger": trigger_id, "kept": answer})
 

@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, CursorResult, Table, insert, select, update
 from sqlalchemy.orm import Session
 
+from storage.db import Work
 from storage.models import Incident, TimelineEvent
 from storage.sql import dialect_name, upsert
 
@@ -24,7 +25,7 @@ def add_system_event(
 
 
 def insert_system_event(
-    session: Session, incident_id: int, *, actor: str | None, at: datetime, action: str,
+    session: Work, incident_id: int, *, actor: str | None, at: datetime, action: str,
     data: dict[str, Any] | None = None, text: str = "", actor_name: str | None = None,
 ) -> None:
     """add_system_event in one Core INSERT, written at once, for a hot path that needs no TimelineEvent back."""

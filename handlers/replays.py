@@ -11,11 +11,11 @@ from typing import Any
 
 from slack_bolt import Ack, BoltResponse
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from bot import replays
 from bot.context import Context
 from bot.jobs import after_commit
+from storage.db import Work
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class RecordingAck:
             self._ctx.jobs.submit(self._record, answer)
         return response
 
-    def keep(self, session: Session, *args: Any, **kwargs: Any) -> None:
+    def keep(self, session: Work, *args: Any, **kwargs: Any) -> None:
         """Stores the answer that `self(*args, **kwargs)` will give in the caller's transaction, the one doing the
         request's work: no transaction of its own follows the ack. Kept only if that transaction commits."""
         answer = {"args": list(args), "kwargs": kwargs}
@@ -57,7 +57,7 @@ def answer_again(ack: Ack, answer: dict[str, Any]) -> None:
 
 
 def claim(ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: str | None,
-          pending: Callable[[Ack], object], also: Callable[[Session], object] | None = None) -> Ack | None:
+          pending: Callable[[Ack], object], also: Callable[[Work], object] | None = None) -> Ack | None:
     """The ack to run the request with, or None when it is a replay and has been answered already.
 
     `also` runs in the transaction that records a first delivery (or for a request without a trigger_id, which
@@ -82,13 +82,13 @@ class Admission:
     admission raises replays.Replayed for a replay (answer it with `answer_replay`)."""
 
     def __init__(self, ctx: Context, body: dict[str, Any], ack: Ack, *, kind: str, user_id: str | None,
-                 also: Callable[[Session], Any]) -> None:
+                 also: Callable[[Work], Any]) -> None:
         self._ctx, self._kind, self._user_id, self._also = ctx, kind, user_id, also
         self._raw_ack = ack
         self.trigger_id = replays.dedupe_key(body)
         self.ack: Ack = ack if self.trigger_id is None else RecordingAck(ctx, ack, self.trigger_id)  # type: ignore[assignment]
 
-    def __call__(self, session: Session) -> Any:
+    def __call__(self, session: Work) -> Any:
         """Records the delivery (Replayed when it is a replay), then returns what `also` returns."""
         if self.trigger_id is not None and not replays.first_delivery(
                 session, self._ctx.clock.now(), self.trigger_id, self._kind, self._user_id):

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Connection, Table, inspect, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from storage.db import CoreWork
 from storage.models import Base
 
 Insert: TypeAlias = postgresql.Insert | sqlite.Insert
@@ -24,9 +25,11 @@ Condition: TypeAlias = ColumnElement[bool] | Callable[[Excluded], ColumnElement[
 _UNSEEN: Any = object()
 
 
-def dialect_name(session: Session | Connection) -> str:
-    """"postgresql" or "sqlite": the database a session or a Core connection talks to."""
-    return session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
+def dialect_name(session: Session | Connection | CoreWork) -> str:
+    """"postgresql" or "sqlite": the database a session, a Core connection or Core work talks to."""
+    if isinstance(session, Session):
+        return session.get_bind().dialect.name
+    return (session.connection if isinstance(session, CoreWork) else session).dialect.name
 
 
 def insert(session: Session | str, model: type[Base] | Table) -> Insert:

@@ -165,3 +165,28 @@ def test_only_the_holder_renews_a_lease(db: Database, incident_id: int) -> None:
         assert not renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
                                held=NOW + LEASE, until=NOW + 3 * LEASE)
     assert lease_of(db, incident_id) == NOW + 2 * LEASE
+
+
+def test_core_work_commits_then_runs_what_waits_for_the_commit_and_a_failure_stores_and_runs_nothing(
+        db: Database) -> None:
+    # Database.work(), the open's unit of work without the ORM: after_commit behaves as with a Session.
+    from bot.jobs import after_commit
+    from bot.replays import first_delivery
+
+    ran: list[str] = []
+    with db.work() as work:
+        assert first_delivery(work, NOW, "T1", "incident open", "U1")
+        after_commit(work, lambda: ran.append(str(seen(db))))
+        after_commit(work, lambda: ran.append("second"))
+        assert ran == []  # nothing before the commit
+    assert ran == ["['T1']", "second"]
+    with pytest.raises(RuntimeError), db.work() as work:
+        assert first_delivery(work, NOW, "T2", "incident open", "U1")
+        after_commit(work, lambda: ran.append("rolled back"))
+        raise RuntimeError("the open failed")
+    assert seen(db) == ["T1"] and ran == ["['T1']", "second"]
+
+
+def seen(db: Database) -> list[str]:
+    with db.read() as session:
+        return list(session.scalars(select(SeenRequest.trigger_id).order_by(SeenRequest.trigger_id)))

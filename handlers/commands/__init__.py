@@ -13,7 +13,6 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from bot import ratelimit, replays
 from bot.access import AccessPending
@@ -48,6 +47,7 @@ from handlers.commands.base import (
     usage_answer,
 )
 from handlers.guards import ACK_WRITTEN
+from storage.db import Work
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def dispatch(
     budget = rate_budget(group, command_text(body).sub)
     spend = ratelimit.Spend()
 
-    def take_budget(session: Session) -> ratelimit.RateLimited | None:
+    def take_budget(session: Work) -> ratelimit.RateLimited | None:
         assert budget is not None
         spend.take(ctx, session, budget, body.get("user_id", ""), body.get("channel_id", ""))
         return spend.refused
@@ -164,7 +164,7 @@ def _dispatch(
     ack(**ack_arguments(fitted(ctx, answer)))
 
 
-def _keeper(ctx: Context, ack: Ack) -> Callable[[Session, Answer], None] | None:
+def _keeper(ctx: Context, ack: Ack) -> Callable[[Work, Answer], None] | None:
     if not isinstance(ack, replay_guard.RecordingAck):
         return None
     recording = ack

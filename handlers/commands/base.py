@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Respond
-from sqlalchemy.orm import Session
 
 from bot.context import Context
 from bot.logsetup import outage_log
 from bot.parsing import CommandText, UsageError
 from bot.ratelimit import RateLimited
 from handlers.slack_limits import fit_message
+from storage.db import Work
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,11 @@ class CommandRequest:
     trigger_id: str | None
     # Stores the answer for replays in the caller's transaction (handlers/replays.RecordingAck.keep); None when
     # the request is not deduplicated.
-    keep_answer: Callable[[Session, Answer], None] | None = None
+    keep_answer: Callable[[Work, Answer], None] | None = None
     # `/incident open` only: records the delivery and takes the open budget as the first step of the open's own
     # transaction (handlers/replays.Admission). Raises bot.replays.Replayed; returns the refusal when the budget
     # is spent, which the handler raises once that transaction (which records the delivery) has committed.
-    admit: Callable[[Session], RateLimited | None] = lambda _session: None
+    admit: Callable[[Work], RateLimited | None] = lambda _session: None
 
     @property
     def rest(self) -> str:

@@ -29,7 +29,8 @@ def help_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
 @incident_subcommand("open")
 def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     open_request = parse_open(request.rest)
-    with ctx.db.session() as session:
+    # Core work, not a Session: every statement the ack waits for is a Core one (Database.work).
+    with ctx.db.work() as session:
         refused = request.admit(session)  # the delivery recorded and the budget taken first, in this transaction
         if refused is None:
             incident = incidents.open_incident(
