@@ -107,6 +107,9 @@ class Context:
 
     def shared(self, kind: type[T], make: Callable[[], T]) -> T:
         """This context's one `kind` (a cache, a client), made on first use; listeners and jobs share it."""
+        made: T | None = self._shared.get(kind)  # made already, the usual case: no lock (a dict read is atomic)
+        if made is not None:
+            return made
         with self._shared_lock:
             found = self._shared.get(kind)
             if found is None:

@@ -153,8 +153,9 @@ class SlackMessenger:
     @property
     def call_budget(self) -> timedelta:
         """The longest one call may take: every attempt timing out, with the backoff between them."""
-        backoff = sum(_BACKOFF_FACTOR * 2**attempt + _JITTER for attempt in range(self.retries))
-        return timedelta(seconds=(self.retries + 1) * (self.client.timeout or 0) + backoff)
+        retries = self.retries
+        backoff = sum(_BACKOFF_FACTOR * 2**attempt + _JITTER for attempt in range(retries))
+        return timedelta(seconds=(retries + 1) * (self.client.timeout or 0) + backoff)
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         try:

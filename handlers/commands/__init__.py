@@ -77,12 +77,13 @@ def rate_limited_answer(ctx: Context, limited: ratelimit.RateLimited) -> Answer:
 
 def dispatch(
     ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond,
-    context: BoltContext | None = None,
+    context: BoltContext | None = None, parsed: CommandText | None = None,
 ) -> None:
     # A replay of a signed body (same trigger_id) gets the first delivery's answer and runs nothing; the first
     # delivery takes its rate budget in the same transaction. Read-only subcommands change nothing when run
     # again, so they are answered afresh and cost no write.
-    budget = rate_budget(group, command_text(body).sub)
+    parsed = parsed or command_text(body)  # parsed once a request
+    budget = rate_budget(group, parsed.sub)
     spend = ratelimit.Spend()
 
     def take_budget(session: Work) -> ratelimit.RateLimited | None:
@@ -98,7 +99,7 @@ def dispatch(
         admission = replay_guard.Admission(ctx, body, ack, kind="command", user_id=body.get("user_id"),
                                            also=take_budget)
         with held:
-            _dispatch(ctx, group, table, body, admission.ack, respond, spend, admission)
+            _dispatch(ctx, group, table, body, parsed, admission.ack, respond, spend, admission)
         return
     try:
         run_ack = ack if budget is None else replay_guard.claim(
@@ -112,7 +113,7 @@ def dispatch(
     if run_ack is None:
         return
     with held:
-        _dispatch(ctx, group, table, body, run_ack, respond, spend)
+        _dispatch(ctx, group, table, body, parsed, run_ack, respond, spend)
 
 
 def _replay_pending(ctx: Context) -> Callable[[Ack], object]:
@@ -125,10 +126,9 @@ def command_text(body: dict[str, Any]) -> CommandText:
 
 
 def _dispatch(
-    ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], ack: Ack, respond: Respond,
-    spend: ratelimit.Spend | None = None, admission: replay_guard.Admission | None = None,
+    ctx: Context, group: str, table: dict[str, Subcommand], body: dict[str, Any], parsed: CommandText, ack: Ack,
+    respond: Respond, spend: ratelimit.Spend | None = None, admission: replay_guard.Admission | None = None,
 ) -> None:
-    parsed = command_text(body)
     request = CommandRequest(
         command=body.get("command", ""),
         parsed=parsed,
@@ -190,10 +190,11 @@ def register(app: App, ctx: Context) -> None:
     def incident_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:
         # `/incident open` alone opens the declare form. Decided here rather than by a listener with a matcher of
         # its own: Bolt builds a listener's arguments anew for each matcher it asks, on every command.
-        if incident.wants_form(body):
+        parsed = command_text(body)
+        if incident.wants_form(parsed, body):
             incident.open_form(ctx, body, ack, respond)
         else:
-            dispatch(ctx, "incident", INCIDENT_SUBCOMMANDS, body, ack, respond, context)
+            dispatch(ctx, "incident", INCIDENT_SUBCOMMANDS, body, ack, respond, context, parsed)
 
     @app.command("/postmortem")
     def postmortem_command(ack: Ack, body: dict[str, Any], respond: Respond, context: BoltContext) -> None:

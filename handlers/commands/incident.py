@@ -10,9 +10,8 @@ from slack_bolt import Ack, Respond
 
 from bot import channels, declare, incidents
 from bot.context import Context
-from bot.parsing import parse_open, split_command
+from bot.parsing import CommandText, parse_open
 from bot.ports import MessengerError
-from bot.sanitize import clean_text
 from handlers import modals
 from handlers.blocks import declare as declare_blocks
 from handlers.commands.base import Answer, CommandRequest, incident_subcommand, tell
@@ -73,9 +72,8 @@ def announce_telling(ctx: Context, incident_id: int, public_id: str, told: Calla
 # ---- `/incident open` without a title: the declare form ------------------------------------------------------
 
 
-def wants_form(body: dict[str, Any]) -> bool:
+def wants_form(parsed: CommandText, body: dict[str, Any]) -> bool:
     """`/incident open` and nothing else, with the trigger a modal needs: the form rather than the usage."""
-    parsed = split_command(clean_text(str(body.get("text") or "")))
     return parsed.sub == "open" and not parsed.rest and parsed.incident_id is None and bool(body.get("trigger_id"))
 
 
