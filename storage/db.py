@@ -310,9 +310,9 @@ class Database:
     @contextmanager
     def work(self) -> Iterator[CoreWork]:
         """session()'s twin for a unit of work whose statements are all Core: committed when the block ends (then
-        its `on_commit` run, in order), rolled back whole when it raises. The ORM Session's own bookkeeping (its
-        identity map, state machine and events) was 8% of `/incident open`'s instructions
-        (bench/open_instructions.py); the open's ack waits for Core statements only."""
+        its `on_commit` run, in order), rolled back whole when it raises. Around the Core statements `/incident open`'s
+        ack waits for, an ORM Session's own bookkeeping cost 0.77 M instructions an open, about 8% (README
+        "Performance", round 11)."""
         with self.engine.begin() as connection:
             work = CoreWork(connection)
             yield work
