@@ -29,16 +29,16 @@ def help_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
 def open_(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     open_request = parse_open(request.rest)
     # Core work, not a Session: every statement the ack waits for is a Core one (Database.work).
-    with ctx.db.work() as session:
-        refused = request.admit(session)  # the delivery recorded and the budget taken first, in this transaction
+    with ctx.db.work() as work:
+        refused = request.admit(work)  # the delivery recorded and the budget taken first, in this transaction
         if refused is None:
             incident = incidents.open_incident(
-                ctx, session, open_request, channel_id=request.channel_id, user_id=request.user_id,
+                ctx, work, open_request, channel_id=request.channel_id, user_id=request.user_id,
                 user_name=request.user_name, announcing=True,
             )
             answer = Answer(text=opened_answer(ctx, incident))
             if request.keep_answer is not None:  # kept for replays with the incident: no transaction after the ack
-                request.keep_answer(session, answer)
+                request.keep_answer(work, answer)
     if refused is not None:
         raise refused  # once the delivery's record is committed: a replay gets this refusal again, never an open
     # Only once the incident is committed: the post, and what reacts to it, find its row.
