@@ -150,9 +150,7 @@ def stored(database_url: str) -> tuple[int, int, int]:
                                           .where(Incident.service.is_distinct_from(floor_app.SERVICE))) or 0),
                     int(connection.scalar(select(func.count()).select_from(TimelineEvent)
                                           .where(TimelineEvent.kind == "message")) or 0),
-                    int(connection.scalar(select(func.count()).select_from(Incident)
-                                          .where(Incident.service == floor_app.SERVICE,
-                                                 Incident.announcement_ts.is_not(None))) or 0))
+                    floor_app.announced_in(connection))
     finally:
         engine.dispose()
 

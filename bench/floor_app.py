@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 
 from bot import incidents, ratelimit, reminders, replays, timeline
 from bot.context import Context
@@ -46,33 +46,33 @@ class FloorApp:
         dialect, now = db.dialect, ctx.clock.now()
         day = now.astimezone(ctx.settings.timezone).strftime("%Y%m%d")
         user, channel, trigger, title = body["user_id"], body["channel_id"], body["trigger_id"], body["text"]
-        with db.engine.begin() as connection:
-            connection.execute(replays._seen_insert(dialect), {
+        with db.work() as work:  # the app's own Core unit of work: a Connection and nothing of the ORM
+            work.execute(replays._seen_insert(dialect), {
                 "trigger_id": trigger, "kind": "incident open", "user_id": user, "received_at": now}).first()
-            ratelimit.take(connection, ratelimit.OPEN,  # typed for a Session; it sends Core statements only
+            ratelimit.take(work, ratelimit.OPEN,
                            ratelimit.command_limits(ctx, ratelimit.OPEN, user, channel),
                            now=now, window=ctx.settings.rate_limit_window)
             if dialect == "postgresql":
                 with db.statement() as numbering:
                     seq = numbering.execute(incidents._next_in(dialect), {"day": day, "last": 1}).scalar_one()
             else:
-                seq = connection.execute(incidents._next_in(dialect), {"day": day, "last": 1}).scalar_one()
+                seq = work.execute(incidents._next_in(dialect), {"day": day, "last": 1}).scalar_one()
             row = {"public_id": f"INCIDENT-{day}-{seq:03d}", "day": day, "seq": seq, "title": title,
                    "severity": "high", "status": "investigating", "service": SERVICE, "channel_id": channel,
                    "mode": "thread", "origin_channel_id": None, "opened_by": user, "opened_at": now,
                    "meeting_at": now + ctx.settings.postmortem_meeting_after, "detected_at": now,
                    "announce_claimed_until": now + incidents.announce_lease(ctx)}
-            filled_in = connection.execute(incidents._incident_insert(), row).one()
+            filled_in = work.execute(incidents._incident_insert(), row).one()
             incident = Incident(**{**row, **filled_in._asdict()})
-            connection.execute(timeline._system_insert(), timeline._system_row(
+            work.execute(timeline._system_insert(), timeline._system_row(
                 incident.id, user, now, "opened", {"title": title, "severity": "high"}, "", None))
             due = [(reminders.RCA, now + ctx.settings.rca_reminder_after),
                    *((kind, at) for kind, at, _always in reminders._meeting_plan(incident))]
-            connection.execute(reminders._new_reminders(dialect, returning=dialect == "postgresql"), [
+            work.execute(reminders._new_reminders(dialect, returning=dialect == "postgresql"), [
                 {"incident_id": incident.id, "kind": kind, "action_item_id": None, "due_at": at, "attempts": 0,
                  "late": False} for kind, at in due])
             answer = ctx.say("incident.open_ack", public_id=incident.public_id)
-            connection.execute(replays._answer_update(), {"trigger": trigger, "kept": {"text": answer}})
+            work.execute(replays._answer_update(), {"trigger": trigger, "kept": {"text": answer}})
         ack(response_type="ephemeral", text=answer)
         self.jobs.submit(self.announce, incident)
 
@@ -86,13 +86,17 @@ class FloorApp:
             connection.execute(_ANNOUNCED, {"incident": incident.id, "ts": posted["ts"], "now": ctx.clock.now()})
 
     def announced(self) -> int:
-        """How many of its incidents are stored with their announcement's ts."""
         with self.ctx.db.engine.connect() as connection:
-            return int(connection.scalar(select(func.count()).select_from(Incident).where(
-                Incident.service == SERVICE, Incident.announcement_ts.is_not(None))) or 0)
+            return announced_in(connection)
 
     def stop(self) -> None:
         self.jobs.shutdown(wait=True)
+
+
+def announced_in(connection: Connection) -> int:
+    """How many of the floor's incidents are stored with their announcement's ts."""
+    return int(connection.scalar(select(func.count()).select_from(Incident).where(
+        Incident.service == SERVICE, Incident.announcement_ts.is_not(None))) or 0)
 
 
 def __getattr__(name: str) -> Any:
