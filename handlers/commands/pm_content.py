@@ -154,10 +154,9 @@ def edit(ctx: Context, request: CommandRequest, respond: Respond) -> Answer:
     with ctx.db.session() as session:
         incident = incidents.resolve_target(session, asking(ctx, request), request.parsed.incident_id)
         view = blocks.edit_modal(postmortem.edit_form(ctx, session, incident))
-    if not request.trigger_id:
-        raise UsageError("modal_failed", "edit", reason="no trigger_id")
     # The trigger lives 3 s from the command. On the background pool, views.open could queue behind slow Slack
-    # posts and miss them; the opener's own pool opens it before the ack, as the declare form does.
+    # posts and miss them; the opener's own pool opens it before the ack, as the declare form does. A missing
+    # trigger_id, or one Slack refuses, fails the opening with its reason.
     opening = modals.open_at_once(ctx, request.trigger_id, view, late=lambda error: tell(
         respond, ctx.say("postmortem.error", code="modal_failed", params={"reason": error.kind})))
     if opening.outcome == "failed":
