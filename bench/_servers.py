@@ -222,7 +222,7 @@ def gunicorn_argv(threads: int = 16, module: str = "bare_app:app") -> list[str]:
     """A bench app (the bare one unless told) under the worker settings `incident-bot serve` gives gunicorn (app.py
     cmd_serve)."""
     return [PYTHON, "-m", "gunicorn", "--chdir", str(REPO / "bench"), "--pythonpath", str(REPO),
-            "--worker-class", "handlers.server.BufferedWSGIWorker",
+            "--worker-class", "handlers.server.BufferedWSGIWorker", "--asgi-loop", "uvloop",
             "--workers", "1", "--threads", str(threads), "--timeout", "60", "--graceful-timeout", "20",
             "--no-control-socket", "--log-level", "warning", "--bind", "127.0.0.1:{port}",
             module]

@@ -258,3 +258,18 @@ def test_serve_runs_from_python_app_py_too(slack: SlackSandbox, tmp_path: Path) 
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "SLACK_SIGNING_SECRET" in result.stderr
+
+
+def test_serve_runs_its_worker_on_uvloop_and_still_answers(serve: Any) -> None:
+    """The worker's event loop is libuv's (app.py cmd_serve), not a silent fallback to asyncio's when the package
+    is missing: seen from outside, in the shared objects the worker process has mapped."""
+    served = serve()
+    assert served.wait_ready().status_code == 200
+    master = served.process.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    assert len(children) == 1, children  # one worker (cmd_serve)
+    mapped = Path(f"/proc/{children[0]}/maps").read_text()
+    assert "/uvloop/loop." in mapped
+    assert served.driver.command("/incident", "help").status_code == 200
+    served.stop()
+    assert "uvloop not available" not in served.stderr
