@@ -38,7 +38,7 @@ from bot.evidence import service as evidence
 from bot.jobs import BackgroundJobs
 from bot.logsetup import configure_logging
 from bot.ports import Messenger
-from bot.render import Renderer
+from bot.render import shared_renderer
 from bot.settings import Settings, SettingsError, load_settings
 from handlers import alerts_webhook, github_webhook, guards
 from handlers.blocks import SlackPresenter
@@ -103,17 +103,18 @@ class Runtime:
 
 def build_context(settings: Settings, *, clock: Clock | None = None, messenger: Messenger | None = None,
                   db: Database | None = None) -> Context:
+    renderer = shared_renderer()
     if messenger is None:
         if not settings.slack_bot_token:
             raise SettingsError("SLACK_BOT_TOKEN is required but not set")
         messenger = SlackMessenger(make_web_client(settings.slack_bot_token, settings.slack_api_url),
-                                   overflow_note=Renderer().say("limits.truncated", settings.locale))
+                                   overflow_note=renderer.say("limits.truncated", settings.locale))
     ctx = Context(
         settings=settings,
         db=db or Database(settings.database_url),
         clock=clock or SystemClock(),
         messenger=messenger,
-        renderer=Renderer(),
+        renderer=renderer,
         jobs=BackgroundJobs(workers=8),
         presenter=SlackPresenter(),
     )
@@ -138,6 +139,9 @@ def build_bolt_app(ctx: Context) -> App:
     # once stored, and no listener can wait in a shared pool while Slack's 3 s pass. Listeners only parse,
     # store and answer; every Slack call goes to ctx.jobs, which start once the response is written.
     app = App(
+        # Named, so Bolt does not call inspect.stack() to name it after its caller's file (it reads every frame's
+        # source: a few ms per build, which every test pays).
+        name="incident-bot",
         client=client,
         signing_secret=ctx.settings.slack_signing_secret,
         process_before_response=True,

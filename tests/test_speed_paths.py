@@ -269,6 +269,16 @@ def test_an_incident_deleted_elsewhere_is_forgotten_not_written_to(replicas: Cal
     assert count(a, TimelineEvent) == 0
 
 
+def test_apps_built_in_one_process_share_one_renderer(replicas: Callable[[], LocalBot]) -> None:
+    """Templates and catalogues ship with the code, so a process compiles each template once however many apps it
+    builds (the tests build hundreds; compiling was a fifth of a test's CPU). Sharing changes no answer."""
+    a, b = replicas(), replicas()
+    assert a.ctx.renderer is b.ctx.renderer
+    _, thread_ts = open_incident(a)
+    reply(b, thread_ts, "두 번째 앱의 답글")  # answered 200 by b
+    assert len(events(a, "message")) == 1
+
+
 def test_closing_or_reopening_an_incident_forgets_its_home_on_this_replica(bot: LocalBot) -> None:
     _, thread_ts = open_incident(bot)
     reply(bot, thread_ts, "기억되는 답글")
