@@ -63,9 +63,12 @@ def at(engine: Engine, value: datetime) -> datetime:
 def test_every_revision_applies_to_an_empty_database_and_reverts(engine: Engine) -> None:
     order = revisions(engine)
     assert order[0] == "0001"
+    assert not migrate.at_head(engine)  # an empty database: no alembic_version yet
     for revision in order:
         migrate.upgrade(engine, revision)
         assert current(engine) == revision
+        # upgrade() skips Alembic only at head: at any older revision it still migrates.
+        assert migrate.at_head(engine) == (revision == order[-1])
     assert user_tables(engine) == set(Base.metadata.tables)
     migrate.upgrade(engine)  # at head already: a no-op, as at every restart
     assert current(engine) == order[-1]
@@ -74,7 +77,7 @@ def test_every_revision_applies_to_an_empty_database_and_reverts(engine: Engine)
         migrate.downgrade(engine, previous)
         assert current(engine) == previous
     migrate.downgrade(engine, "base")
-    assert user_tables(engine) == set()
+    assert user_tables(engine) == set() and not migrate.at_head(engine)
     migrate.upgrade(engine)
     assert user_tables(engine) == set(Base.metadata.tables) and schema_diff(engine) == []
 
