@@ -38,21 +38,31 @@ def request_team(body: dict[str, Any]) -> str | None:
 
 
 def well_formed(body: dict[str, Any]) -> bool:
-    # Bolt's own middleware reads these without checking their type; wrong types would crash it (500).
+    # Bolt's own middleware and listener matchers read these without checking their type; wrong types or a
+    # missing action_id would crash it (500). Slack always sends them, as text.
     if any(key in body and not isinstance(body[key], dict) for key in ("event", "view", "container")):
         return False
     actions = body.get("actions", [])
     if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
+        return False
+    if not _text_where_present(body, ("callback_id", "action_id")):
         return False
     if body.get("command"):
         return isinstance(body.get("text", ""), str) and bool(body.get("user_id")) and bool(body.get("channel_id"))
     if body.get("type") == "event_callback":
         return isinstance(body.get("event"), dict) and isinstance(body["event"].get("type"), str)
     if body.get("type") == "block_actions":
-        return bool(actions)
+        return bool(actions) and all(isinstance(a.get("action_id"), str) and _text_where_present(a, ("block_id",))
+                                     for a in actions)
     if body.get("type") in ("view_submission", "view_closed"):
-        return isinstance(body.get("view"), dict)
+        view = body.get("view")
+        return (isinstance(view, dict) and isinstance(view.get("type"), str)
+                and _text_where_present(view, ("callback_id",)))
     return body.get("type") in ("url_verification", "shortcut", "message_action", "block_suggestion")
+
+
+def _text_where_present(payload: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    return all(isinstance(payload[key], str) for key in keys if key in payload)
 
 
 def json_answer(start_response: Callable[..., Any], status: str, payload: dict[str, Any],

@@ -205,6 +205,21 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "view_submission without view": (
         urlencode({"payload": json.dumps({"type": "view_submission", "team": {"id": "T0SANDBOX"}})}).encode(), FORM),
     "authorizations that aren't objects": (event_body({"type": "message"}, authorizations=["x"]), JSON),
+    # Fields Bolt's listener matchers index or match without checking (found by the fuzz below: a 500).
+    "an action without action_id": (
+        json.dumps({"type": "block_actions", "team_id": "T0SANDBOX", "actions": [{}, {"M": False}]}).encode(), JSON),
+    "an action_id that isn't text": (urlencode({"payload": json.dumps({
+        "type": "block_actions", "team": {"id": "T0SANDBOX"}, "actions": [{"action_id": 5}]})}).encode(), FORM),
+    "a block_id that isn't text": (urlencode({"payload": json.dumps({
+        "type": "block_actions", "team": {"id": "T0SANDBOX"},
+        "actions": [{"action_id": "alerts.ack", "block_id": ["x"]}]})}).encode(), FORM),
+    "a view without its type": (urlencode({"payload": json.dumps({
+        "type": "view_submission", "team": {"id": "T0SANDBOX"}, "view": {"callback_id": "x"}})}).encode(), FORM),
+    "a view callback_id that isn't text": (urlencode({"payload": json.dumps({
+        "type": "view_submission", "team": {"id": "T0SANDBOX"},
+        "view": {"type": "modal", "callback_id": ["x"]}})}).encode(), FORM),
+    "a shortcut callback_id that isn't text": (urlencode({"payload": json.dumps({
+        "type": "shortcut", "team": {"id": "T0SANDBOX"}, "callback_id": {"x": 1}})}).encode(), FORM),
 }
 
 
