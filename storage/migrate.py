@@ -47,9 +47,14 @@ def one_migrator(connection: Connection) -> Iterator[None]:
         yield
 
 
-def alembic_config(engine: Engine) -> Config:
+def _scripts_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = _scripts_config()
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     config.attributes["engine"] = engine
     return config
@@ -70,9 +75,7 @@ def at_head(engine: Engine) -> bool:
 @functools.cache
 def _heads() -> tuple[str, ...]:
     """Read from the migrations' files once a process: they ship with the code."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return tuple(ScriptDirectory.from_config(config).get_heads())
+    return tuple(ScriptDirectory.from_config(_scripts_config()).get_heads())
 
 
 def downgrade(engine: Engine, revision: str) -> None:
