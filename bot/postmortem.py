@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from bot import checklist, issue_links, timeline
+from bot import checklist, incidents, issue_links, leases, timeline
 from bot.context import Context
 from bot.parsing import UsageError
 from bot.pm_parsing import (
@@ -30,7 +30,7 @@ from bot.pm_parsing import (
 )
 from bot.ports import ActionItemView, ChecklistView, MessengerError, Transition
 from storage.models import ActionItem, ChecklistItem, ImpactValue, Incident, Note, TimelineEvent, Why
-from storage.sql import upsert
+from storage.sql import claim_lease, renew_lease, upsert
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +203,14 @@ def action_item_view(
     return ActionItemView(item.id, body, transitions)
 
 
-def post_action_item(ctx: Context, item_id: int, *, look_first: bool = False) -> str | None:
-    """Posts the item into the incident thread once; None while the thread does not exist yet.
+def post_action_item(ctx: Context, item_id: int) -> str | None:
+    """Posts the item into the incident thread once; None while the thread does not exist yet, or while someone
+    else holds the item's posting lease.
 
-    `look_first` (the sweep): an earlier attempt may have posted it although Slack's answer never came, so the
-    thread is searched for the item's metadata before posting it."""
+    The lease is taken by one conditional UPDATE and renewed while Slack is being asked, so the posting job and
+    any instance's sweep never post one item twice, however slow Slack is. Taken after an earlier claim, whose post
+    may have landed although Slack's answer never came, it searches the thread for the item's metadata first."""
+    lease = incidents.announce_lease(ctx)  # the same bound: one post and one search, each with all its retries
     with ctx.db.session() as session:
         item = session.get_one(ActionItem, item_id)
         incident = session.get_one(Incident, item.incident_id)
@@ -215,19 +218,37 @@ def post_action_item(ctx: Context, item_id: int, *, look_first: bool = False) ->
             return item.message_ts
         if incident.announcement_ts is None:
             return None
+        now, seen = ctx.clock.now(), item.post_claimed_until
+        until = now + lease
+        if not claim_lease(session, ActionItem.post_claimed_until, ActionItem.id == item_id,
+                           ActionItem.message_ts.is_(None), now=now, until=until, seen=seen):
+            return None
         message = ctx.presenter.action_item(action_item_view(ctx, item, incident,
                                                              issue=issue_links.for_item(session, item_id)))
         channel, thread_ts = incident.channel_id, incident.home_thread_ts
         metadata = {"event_type": ACTION_ITEM_EVENT, "event_payload": {"action_item_id": item.id}}
         since = item.created_at.timestamp()
-    ts = ctx.messenger.find_posted(channel, metadata, since=since, thread_ts=thread_ts) if look_first else None
-    if ts is None:
-        ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts,
-                                        metadata=metadata)
-    with ctx.db.session() as session:
-        session.execute(
-            update(ActionItem).where(ActionItem.id == item_id, ActionItem.message_ts.is_(None)).values(message_ts=ts)
-        )
+
+    def renew() -> bool:
+        nonlocal until
+        renewed = ctx.clock.now() + lease
+        with ctx.db.session() as session:
+            kept = renew_lease(session, ActionItem.post_claimed_until, ActionItem.id == item_id,
+                               ActionItem.message_ts.is_(None), held=until, until=renewed)
+        if kept:
+            until = renewed
+        return kept
+
+    with leases.keeper(ctx).holding(lease.total_seconds() / 4, renew):
+        ts = ctx.messenger.find_posted(channel, metadata, since=since, thread_ts=thread_ts) if seen else None
+        if ts is None:
+            ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts,
+                                            metadata=metadata)
+        with ctx.db.session() as session:
+            session.execute(
+                update(ActionItem).where(ActionItem.id == item_id, ActionItem.message_ts.is_(None))
+                .values(message_ts=ts)
+            )
     ctx.hooks.on_action_item_posted.fire(item_id)
     return ts
 
@@ -251,6 +272,7 @@ def retry_unposted_action_items(ctx: Context) -> int:
             .where(
                 ActionItem.message_ts.is_(None),
                 Incident.announcement_ts.is_not(None),
+                or_(ActionItem.post_claimed_until.is_(None), ActionItem.post_claimed_until < now),
                 ActionItem.created_at < now - UNPOSTED_RETRY_AFTER,
                 ActionItem.created_at > now - UNPOSTED_GIVE_UP_AFTER,
             )
@@ -260,7 +282,7 @@ def retry_unposted_action_items(ctx: Context) -> int:
     posted = 0
     for item_id in pending:
         try:
-            if post_action_item(ctx, item_id, look_first=True):
+            if post_action_item(ctx, item_id):
                 posted += 1
         except MessengerError as error:
             log.warning("action item %s still not posted: %s", item_id, error.kind)

@@ -232,6 +232,8 @@ class ActionItem(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="open")  # open | in_progress | done
     created_by: Mapped[str | None] = mapped_column(String(32))
     message_ts: Mapped[str | None] = mapped_column(String(32))
+    # The lease on posting its message (storage.sql.claim_lease): the posting job and the sweeps post it once.
+    post_claimed_until: Mapped[datetime | None]
     done_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(nullable=False, default=utc_now, onupdate=utc_now)

@@ -1,4 +1,5 @@
-"""Issue 11 item 5: one `/incident open` gives one announcement, however slow Slack is.
+"""Issue 11 item 5: one `/incident open` gives one announcement, however slow Slack is; and one action item one
+message, by the same kind of lease.
 
 Slack slower than the client, a response lost after Slack posted, sweeps of two runtimes racing, and an attempt
 that outlasts its lease: each time the channel holds exactly one announcement, the incident records its ts, and
@@ -197,12 +198,44 @@ def test_action_item_whose_post_timed_out_unseen_is_found_by_the_sweep_not_poste
         item = session.scalars(select(ActionItem)).one()
         assert item.message_ts is None  # the outcome was not known
         item.created_at -= UNPOSTED_RETRY_AFTER + timedelta(seconds=1)  # as time would: the sweep's turn
+        assert item.post_claimed_until is not None  # the failed attempt's lease, held until it lapses
+        item.post_claimed_until = bot.ctx.clock.now() - timedelta(seconds=1)
     bot.runtime.sweep()
     [posted] = [m for m in bot.slack.thread(CHANNEL, thread_ts) if "롤백 자동화" in m.get("text", "")]
     with bot.ctx.db.read() as session:
         assert session.scalars(select(ActionItem.message_ts)).one() == posted["ts"]
     bot.runtime.sweep()
     assert len(bot.slack.calls("chat.postMessage")) == 2  # the announcement and the item, each once
+
+
+def test_an_action_item_still_on_its_way_to_slack_is_not_posted_by_another_instances_sweep(
+    bot: LocalBot, database_url: str,
+) -> None:
+    """The posting job's call has not reached Slack yet when another replica's sweep finds the item unposted and
+    old enough. Searching the thread would find nothing; the item's posting lease keeps the sweep off it."""
+    _, thread_ts = open_incident(bot, "액션 아이템 전송 중")
+    arrived, swept = threading.Event(), threading.Event()
+
+    def held_until_swept() -> bool:
+        arrived.set()
+        return swept.is_set()
+
+    bot.slack.slow_once("chat.postMessage", 8.0, until=held_until_swept)  # the post lands once released
+    other = second_runtime(bot, database_url)
+    try:
+        assert bot.driver.command("/postmortem", 'action P1 "롤백 자동화"').status_code == 200
+        assert arrived.wait(5)
+        with bot.ctx.db.session() as session:
+            session.scalars(select(ActionItem)).one().created_at -= UNPOSTED_RETRY_AFTER + timedelta(seconds=1)
+        other.runtime.sweep()
+        swept.set()
+        bot.settle()
+        [posted] = [m for m in bot.slack.thread(CHANNEL, thread_ts) if "롤백 자동화" in m.get("text", "")]
+        with bot.ctx.db.read() as session:
+            assert session.scalars(select(ActionItem.message_ts)).one() == posted["ts"]
+        assert len(bot.slack.calls("chat.postMessage")) == 2  # the announcement and the item, each once
+    finally:
+        other.stop()
 
 
 # ---- the lease the open takes for its own announcement job ----------------------------------------------------
