@@ -18,7 +18,10 @@ py-spy's own out) and prints the top frames at the end; --kinds open profiles th
 --floor also runs bench/floor_app.py under the same gunicorn settings, in turn with the other two, for the opens:
 an open that does only the work an open must do, with the same libraries, so that serve's CPU per open can be
 set beside what the work itself costs behind the same server.
-Target: serve's p99 within 1.5× of the bare app's.
+Target: serve's p99 within 1.5× of the bare app's; the exit status says whether it and the counts held.
+Also judged, on a line of its own for each rate: serve's CPU per open against issue 18's 10 ms, and with
+--floor, serve's CPU per open as a multiple of the floor's in the same run (the part of an open's cost that is
+the app's own, which means the same on any machine).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ CHANNEL = "C0INCIDENTS"
 SECRET = "bench-signing-secret"
 POST_LATENCY = 0.300
 TARGET = 1.5
+OPEN_CPU_TARGET_MS = 10.0
 _ts = itertools.count(1)
 
 
@@ -259,6 +263,9 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
                 if per_request is not None:
                     line += f" {per_request / len(values) * 1000:.1f}"
                 print(line)
+    if "open" in kinds:
+        for line in open_cpu_verdicts(rates, results, cpu):
+            print(line)
     exact = incidents == sent["open"] and events == sent["reply"] and floor_announced == sent["floor"]
     print(f"serve stored {incidents} incidents and {events} reply events (sent {sent['open']} and {sent['reply']}"
           f"{'' if exact else ': WRONG COUNT'}); all {expected_posts} announcements were posted")
@@ -266,6 +273,27 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
         print(f"the floor stored {floor_announced} incidents with their announcement (sent {sent['floor']})")
     print("target met" if ok else "target NOT met")
     return 0 if ok and exact else 1
+
+
+def open_cpu_verdicts(rates: list[float], results: dict[tuple[float, str, str], list[float]],
+                      cpu: dict[tuple[float, str, str], float]) -> list[str]:
+    """Serve's CPU per open against the absolute target and, when the floor ran, against the floor."""
+    def per_open(rate: float, name: str) -> float | None:
+        total = cpu.get((rate, name, "open"))
+        return None if total is None else total / len(results[(rate, name, "open")]) * 1000
+
+    lines = []
+    for rate in rates:
+        serve, floor = per_open(rate, "serve"), per_open(rate, "floor")
+        if serve is None:
+            continue
+        met = "met" if serve <= OPEN_CPU_TARGET_MS else "NOT met"
+        line = f"{rate:g}/s: serve CPU per open {serve:.1f} ms, target {OPEN_CPU_TARGET_MS:g} ms {met}"
+        if floor is not None:
+            line += (f"; the floor {floor:.1f} ms ({'under' if floor <= OPEN_CPU_TARGET_MS else 'over'} the target"
+                     f" itself), serve ×{serve / floor:.2f} of it")
+        lines.append(line)
+    return lines
 
 
 if __name__ == "__main__":

@@ -181,6 +181,19 @@ def test_the_benchs_floor_sends_the_statements_an_open_sends(bot: LocalBot, quie
     assert "INCIDENT-" in answers[0]["text"] and floor.announced() == 1
 
 
+def test_the_ack_bench_judges_serves_cpu_per_open_against_the_target_and_the_floor() -> None:
+    # Issue 18's 10 ms is judged on its own line, and beside it the multiple of the floor run in the same batch.
+    ack = _bench_module("ack")
+    results = {(5.0, "serve", "open"): [1.0] * 200, (5.0, "floor", "open"): [1.0] * 200,
+               (20.0, "serve", "open"): [1.0] * 200}
+    cpu = {(5.0, "serve", "open"): 2.6, (5.0, "floor", "open"): 2.4, (20.0, "serve", "open"): 1.9}
+    assert ack.open_cpu_verdicts([5.0, 20.0], results, cpu) == [
+        "5/s: serve CPU per open 13.0 ms, target 10 ms NOT met; the floor 12.0 ms (over the target itself), "
+        "serve ×1.08 of it",
+        "20/s: serve CPU per open 9.5 ms, target 10 ms met",
+    ]
+
+
 def _bench_module(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
