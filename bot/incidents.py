@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -206,26 +206,13 @@ def _claim_unclaimed(ctx: Context, session: Session, incident_id: int) -> tuple[
     return None if incident is None else (incident, Claim(until, retried=False))
 
 
-@contextmanager
-def _holding(ctx: Context, incident_id: int, claim: Claim) -> Iterator[None]:
+def _holding(ctx: Context, incident_id: int, claim: Claim) -> AbstractContextManager[None]:
     """Renews the lease while Slack is being asked: however slow Slack is, no second poster gets in."""
-    lease = announce_lease(ctx)
-    until = claim.until
+    def lost() -> None:
+        log.warning("announcement lease lost", extra={"json_fields": {"incident_id": incident_id}})
 
-    def renew() -> bool:
-        nonlocal until
-        renewed = ctx.clock.now() + lease
-        with ctx.db.session() as session:
-            kept = renew_lease(session, Incident.announce_claimed_until, Incident.id == incident_id,
-                               Incident.announcement_ts.is_(None), held=until, until=renewed)
-        if not kept:
-            log.warning("announcement lease lost", extra={"json_fields": {"incident_id": incident_id}})
-            return False
-        until = renewed
-        return True
-
-    with leases.keeper(ctx).holding(lease.total_seconds() / 4, renew):
-        yield
+    return leases.holding_row(ctx, announce_lease(ctx), Incident.announce_claimed_until, Incident.id == incident_id,
+                              Incident.announcement_ts.is_(None), held=claim.until, on_lost=lost)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import InstrumentedAttribute
 
 from bot.context import Context
+from storage.sql import renew_lease
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +113,27 @@ def keeper(ctx: Context) -> LeaseKeeper:
         return made
 
     return ctx.shared(LeaseKeeper, make)
+
+
+@contextmanager
+def holding_row(ctx: Context, lease: timedelta, column: InstrumentedAttribute[datetime | None],
+                *where: ColumnElement[Any], held: datetime, on_lost: Callable[[], None] = lambda: None,
+                ) -> Iterator[None]:
+    """Keeps a row's lease (storage.sql.claim_lease on `column`, now `held`) while the block runs: renewed every
+    quarter of `lease` by a compare-and-set on the value last written. `where` must stop matching once the work
+    the lease guards is on record, so the renewals end there; `on_lost` is called when another holder took it."""
+    until = held
+
+    def renew() -> bool:
+        nonlocal until
+        renewed = ctx.clock.now() + lease
+        with ctx.db.session() as session:
+            kept = renew_lease(session, column, *where, held=until, until=renewed)
+        if not kept:
+            on_lost()
+            return False
+        until = renewed
+        return True
+
+    with keeper(ctx).holding(lease.total_seconds() / 4, renew):
+        yield

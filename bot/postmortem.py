@@ -30,7 +30,7 @@ from bot.pm_parsing import (
 )
 from bot.ports import ActionItemView, ChecklistView, MessengerError, Transition
 from storage.models import ActionItem, ChecklistItem, ImpactValue, Incident, Note, TimelineEvent, Why
-from storage.sql import claim_lease, renew_lease, upsert
+from storage.sql import claim_lease, upsert
 
 log = logging.getLogger(__name__)
 
@@ -229,17 +229,8 @@ def post_action_item(ctx: Context, item_id: int) -> str | None:
         metadata = {"event_type": ACTION_ITEM_EVENT, "event_payload": {"action_item_id": item.id}}
         since = item.created_at.timestamp()
 
-    def renew() -> bool:
-        nonlocal until
-        renewed = ctx.clock.now() + lease
-        with ctx.db.session() as session:
-            kept = renew_lease(session, ActionItem.post_claimed_until, ActionItem.id == item_id,
-                               ActionItem.message_ts.is_(None), held=until, until=renewed)
-        if kept:
-            until = renewed
-        return kept
-
-    with leases.keeper(ctx).holding(lease.total_seconds() / 4, renew):
+    with leases.holding_row(ctx, lease, ActionItem.post_claimed_until, ActionItem.id == item_id,
+                            ActionItem.message_ts.is_(None), held=until):
         ts = ctx.messenger.find_posted(channel, metadata, since=since, thread_ts=thread_ts) if seen else None
         if ts is None:
             ts = ctx.messenger.post_message(channel, message.text, blocks=message.blocks, thread_ts=thread_ts,
