@@ -4,7 +4,9 @@ Every reminder is a row in `reminders`; the row, not the scheduler, is the truth
 one conditional UPDATE (not sent, not cancelled, due, claim free), posts in the incident thread (top-level in
 an incident's own channel, channel mode), then marks it sent. So a reminder due while the process was down is
 posted once when it is back (marked late after LATE_AFTER), two processes on one database post it once, and a
-Slack failure releases the claim for a later retry with backoff. An in-memory APScheduler (bot/scheduler.py)
+Slack failure releases the claim for a later retry with backoff. A claim taken after an earlier one (a retry, or a
+claim that lapsed with its process) looks for the reminder's post by its metadata before posting: the earlier
+attempt may have posted it although nobody heard Slack's answer. An in-memory APScheduler (bot/scheduler.py)
 wakes delivery at each due time, its jobs rebuilt from the table at start and kept in step as rows change, and a
 sweep every SWEEP_SECONDS (and once at start) delivers whatever is due and unclaimed; the runtime's own retry
 sweep does too. SCHEDULER_ENABLED=false keeps a process out of all of it; correctness never depends on that
@@ -63,6 +65,7 @@ ACTION_DUE = "action_due"
 ACTION_OVERDUE = "action_overdue"
 INCIDENT_KINDS = (RCA, MEETING_PRE, MEETING_START, REPORT_NUDGE)
 ACTION_KINDS = (ACTION_DUE, ACTION_OVERDUE)
+REMINDER_EVENT = "incident_reminder"  # the message metadata that marks a reminder's post
 # Not a post: archives a channel-mode incident's own channel (bot/channel_archive.py), claimed and retried like one.
 CHANNEL_ARCHIVE = "channel_archive"
 
@@ -521,14 +524,25 @@ class Outcome:
     detail: str = ""
 
 
-def _claim(ctx: Context, reminder_id: int, now: datetime) -> bool:
+def reminder_metadata(reminder_id: int, due_at: datetime) -> dict[str, Any]:
+    """Slack message metadata naming the reminder and the time it was due (a moved meeting re-arms the same row
+    for another time): how a later attempt recognises a post of this one that landed unanswered."""
+    return {"event_type": REMINDER_EVENT, "event_payload": {"reminder_id": reminder_id, "due_at": due_at.isoformat()}}
+
+
+def _claim(ctx: Context, reminder_id: int, now: datetime) -> bool | None:
+    """Takes the row: None when someone else has it or it is not due; else whether an earlier claim may have posted
+    it (one whose process died after Slack took the post, or an attempt Slack left unanswered)."""
     with ctx.db.session() as session:
-        return claim_lease(
+        seen = session.scalar(select(Reminder.claimed_until).where(Reminder.id == reminder_id))
+        if not claim_lease(
             session, Reminder.claimed_until,
             Reminder.id == reminder_id, Reminder.sent_at.is_(None), Reminder.cancelled_at.is_(None),
             Reminder.due_at <= now,
-            now=now, until=now + CLAIM_LEASE,
-        )
+            now=now, until=now + CLAIM_LEASE, seen=seen,
+        ):
+            return None
+    return seen is not None
 
 
 def _release(ctx: Context, reminder_id: int, retry_at: datetime, **values: Any) -> None:
@@ -557,7 +571,8 @@ class _Post:
 def deliver(ctx: Context, reminder_id: int) -> Outcome:
     """Posts one reminder if it is due and nobody else has it. Safe to call any number of times, anywhere."""
     now = ctx.clock.now()
-    if not _claim(ctx, reminder_id, now):
+    retried = _claim(ctx, reminder_id, now)
+    if retried is None:
         return Outcome("not_claimed", reminder_id)
     try:
         post = _prepare(ctx, reminder_id, now)
@@ -572,8 +587,13 @@ def deliver(ctx: Context, reminder_id: int) -> Outcome:
             ctx.messenger.archive_channel(post.channel)
             ts = None
         else:
-            ts = ctx.messenger.post_message(post.channel, post.message.text, blocks=post.message.blocks,
-                                            thread_ts=post.thread_ts)
+            metadata = reminder_metadata(reminder_id, post.due_at)
+            # Never sent again blind: no attempt can have posted it before it was due.
+            ts = ctx.messenger.find_posted(post.channel, metadata, since=post.due_at.timestamp(),
+                                           thread_ts=post.thread_ts) if retried else None
+            if ts is None:
+                ts = ctx.messenger.post_message(post.channel, post.message.text, blocks=post.message.blocks,
+                                                thread_ts=post.thread_ts, metadata=metadata)
     except MessengerError as error:
         return _failed(ctx, reminder_id, error.kind, str(error), post.public_id, post.kind)
     with ctx.db.session() as session:

@@ -441,6 +441,47 @@ def test_slack_500s_are_retried_later_and_delivered_once(manual_bot: LocalBot, c
     assert sum("근본 원인 분석 (RCA)" in t for t in thread_texts(manual_bot, thread_ts)) == 1
 
 
+def test_a_reminder_whose_post_landed_unanswered_is_found_by_its_retry_not_posted_again(
+    manual_bot: LocalBot, clock: ManualClock,
+) -> None:
+    """Slack took the post but its answer timed out, and so did the look for it: the attempt fails with the outcome
+    unknown. The retry looks in the thread for the reminder's metadata first, and finds it."""
+    _, thread_ts = open_incident(manual_bot)
+    clock.advance(timedelta(minutes=30))
+    manual_bot.ctx.messenger.client.timeout = 1
+    manual_bot.slack.slow_once("chat.postMessage", 1.5)
+    manual_bot.slack.slow_once("conversations.replies", 1.5)
+    assert [o.status for o in deliver(manual_bot)] == ["failed"]
+    [landed] = manual_bot.slack.thread(CHANNEL, thread_ts)
+    clock.advance(reminders.retry_delay(1) + timedelta(seconds=1))
+    assert [o.status for o in deliver(manual_bot)] == ["sent"]
+    assert [m["ts"] for m in manual_bot.slack.thread(CHANNEL, thread_ts)] == [landed["ts"]]
+    [rca] = rows(manual_bot, "rca_kickoff")
+    assert rca.sent_at is not None and rca.message_ts == landed["ts"]
+
+
+def test_a_reminder_posted_by_a_process_that_went_before_marking_it_is_not_posted_again(
+    manual_bot: LocalBot, clock: ManualClock,
+) -> None:
+    """Slack took the post and the process went before marking the row sent (here: its answer is still on the way
+    when the claim lapses). The next delivery finds the post by its metadata instead of posting it again."""
+    _, thread_ts = open_incident(manual_bot)
+    clock.advance(timedelta(minutes=30))
+    manual_bot.slack.slow_once("chat.postMessage", 3.0)  # carried out at once, answered 3 s later
+    first = threading.Thread(target=deliver, args=(manual_bot,))
+    first.start()
+    try:
+        wait_until(lambda: len(manual_bot.slack.thread(CHANNEL, thread_ts)) == 1)
+        clock.advance(reminders.CLAIM_LEASE + timedelta(seconds=1))  # as time would: the claim lapsed
+        assert [o.status for o in deliver(manual_bot)] == ["sent"]
+    finally:
+        first.join(timeout=30)
+    [posted] = manual_bot.slack.thread(CHANNEL, thread_ts)
+    [rca] = rows(manual_bot, "rca_kickoff")
+    assert rca.sent_at is not None and rca.message_ts == posted["ts"]
+    assert posted["metadata"] == reminders.reminder_metadata(rca.id, rca.due_at)
+
+
 def test_a_reminder_that_slack_keeps_refusing_is_given_up_with_its_reason(
     manual_bot: LocalBot, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
