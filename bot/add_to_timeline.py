@@ -128,6 +128,7 @@ class ChooseForm:
     channel: str
     ts: str
     response_url: str | None  # the shortcut's, for the answer once the choice is made
+    message: ChatMessage | None = None  # as the shortcut carried it: stored at once on the choice when it fits
 
 
 def choose_form(ctx: Context, found: list[Candidate], message: ChatMessage, response_url: str | None) -> ChooseForm:
@@ -135,5 +136,5 @@ def choose_form(ctx: Context, found: list[Candidate], message: ChatMessage, resp
         title=ctx.say("timeline_add.choose_title"), submit=ctx.say("timeline_add.choose_submit"),
         close=ctx.say("timeline_add.choose_close"), label=ctx.say("timeline_add.choose_label"),
         hint=ctx.say("timeline_add.choose_hint"), candidates=tuple(found), channel=message.channel, ts=message.ts,
-        response_url=response_url,
+        response_url=response_url, message=message,
     )

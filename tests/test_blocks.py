@@ -19,10 +19,12 @@ import pytest
 
 import handlers.blocks
 from bot import checklist, postmortem
+from bot.add_to_timeline import Candidate, ChooseForm
 from bot.parsing import UsageError
-from bot.ports import ActionItemView, ChecklistView, RecoveryOffer, Transition, VerificationView
+from bot.ports import ActionItemView, ChatMessage, ChecklistView, RecoveryOffer, Transition, VerificationView
 from bot.render import RenderedMessage, Renderer
 from handlers.blocks import SlackPresenter
+from handlers.blocks import add_to_timeline as add_blocks
 from handlers.blocks import evidence as evidence_blocks
 from handlers.blocks import postmortem as pm_blocks
 
@@ -191,6 +193,23 @@ def test_a_stored_field_longer_than_the_modal_holds_is_refused_by_name() -> None
 
 
 # ---- verification ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "carried"), [("캐시 서버 재시작함 \"따옴표\" & <@U0SENA>", True),
+                                             ("가" * 2700, True), ("가" * 2950, False)])
+def test_the_chooser_carries_the_message_back_when_it_fits_in_private_metadata(text: str, carried: bool) -> None:
+    message = ChatMessage(channel="C0INCIDENTS", ts="1761110100.000100", user="U0LEMUN", text=text,
+                          thread_ts="1761110000.000100")
+    form = ChooseForm(title="t", submit="s", close="c", label="l", hint="h",
+                      candidates=(Candidate(7, "INCIDENT-20251022-001", "결제 장애"),), channel=message.channel,
+                      ts=message.ts, response_url="https://hooks.slack.test/r/1", message=message)
+    view = add_blocks.chooser_modal(form)
+    assert len(view["private_metadata"]) <= add_blocks.PRIVATE_METADATA
+    view["state"] = {"values": {"add-to-timeline:incident": {"add-to-timeline:incident": {
+        "type": "static_select", "selected_option": {"value": "7"}}}}}
+    chosen = add_blocks.parse_choice(view)
+    assert chosen is not None and (chosen.incident_id, chosen.channel, chosen.ts) == (7, message.channel, message.ts)
+    assert chosen.message == (message if carried else None)  # not carried: read again after the ack
 
 
 @pytest.mark.parametrize("verified_at", [datetime(2025, 10, 22, 5, 38, 12, 345678, tzinfo=UTC),

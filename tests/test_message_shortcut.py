@@ -132,6 +132,40 @@ def test_with_several_open_incidents_the_person_chooses_one(bot: LocalBot) -> No
     assert older in told(bot) and event.data == {"permalink": permalink(CHANNEL, note["ts"])}
 
 
+def test_the_choice_is_stored_before_the_chooser_closes_from_the_message_it_carries(bot: LocalBot) -> None:
+    # The chooser carries the message as the shortcut did, and the person's access is known: nothing waits for
+    # Slack, so the event is stored before Slack is told the chooser may close, and the message is not read again.
+    older, _ = open_incident(bot, "첫 번째 장애")
+    open_incident(bot, "두 번째 장애")
+    note = bot.slack.add_message(CHANNEL, "U0LEMUN", "캐시 서버 재시작함 & <@U0SENA> 확인")
+    shortcut(bot, note["ts"])
+    [view] = bot.slack.views()
+    bot.slack.slow_once("conversations.history", 1.0)  # a read of the message, were one made, would be late
+    reads = len(bot.slack.calls("conversations.history"))
+    response = bot.driver.submit_view(view["id"], {CHOICE: str(incident(bot, older).id)})
+    assert response.status_code == 200 and not response.content.strip()
+    [event] = message_events(bot, note["ts"])  # already, as the chooser closes
+    assert (event.incident_id, event.text) == (incident(bot, older).id, note["text"])
+    bot.settle()
+    assert len(bot.slack.calls("conversations.history")) == reads
+    assert older in told(bot)
+
+
+def test_a_message_too_long_for_the_chooser_to_carry_is_read_again_and_stored(bot: LocalBot) -> None:
+    older, _ = open_incident(bot, "첫 번째 장애")
+    open_incident(bot, "두 번째 장애")
+    note = bot.slack.add_message(CHANNEL, "U0LEMUN", "로그 " * 1000)  # 3,000 characters and more
+    shortcut(bot, note["ts"])
+    [view] = bot.slack.views()
+    assert "message" not in json.loads(view["private_metadata"])
+    reads = len(bot.slack.calls("conversations.history"))
+    assert bot.driver.submit_view(view["id"], {CHOICE: str(incident(bot, older).id)}).status_code == 200
+    bot.settle()
+    [event] = message_events(bot, note["ts"])
+    assert event.incident_id == incident(bot, older).id and len(bot.slack.calls("conversations.history")) > reads
+    assert older in told(bot)
+
+
 def test_with_no_open_incident_the_person_is_told_and_nothing_is_stored(bot: LocalBot) -> None:
     note = bot.slack.add_message(CHANNEL, "U0LEMUN", "그냥 잡담")
     shortcut(bot, note["ts"])

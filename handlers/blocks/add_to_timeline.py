@@ -4,7 +4,8 @@ built and parsed back here.
 - The message shortcut has the callback id `add_to_timeline` (manifest.yml).
 - The chooser is a modal with the callback id `add-to-timeline:choose`: one static select, block and action id
   `add-to-timeline:incident`, each option's value an incident's database id. Its private_metadata is JSON with
-  the message's channel and ts and the shortcut's response_url, where the answer goes once the choice is made.
+  the message's channel and ts, the shortcut's response_url, where the answer goes once the choice is made, and
+  the message itself as the shortcut carried it when it fits in private_metadata's 3,000 characters.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _INCIDENT = "add-to-timeline:incident"
 # Every id this surface gives its shortcut, view, blocks and controls; nothing else may use them.
 ID_PREFIXES = (ADD_SHORTCUT, "add-to-timeline:")
 OPTION_TEXT = 75  # Block Kit's limit for an option's text
+PRIVATE_METADATA = 3000  # a view's private_metadata, in characters (slack_sdk's View refuses more)
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,23 @@ def chooser_modal(form: ChooseForm) -> dict[str, Any]:
     select = StaticSelectElement(action_id=_INCIDENT, options=options)
     block = InputBlock(block_id=_INCIDENT, label=PlainTextObject(text=form.label),
                        hint=PlainTextObject(text=form.hint), element=select)
-    metadata = json.dumps({"channel": form.channel, "ts": form.ts, "response_url": form.response_url})
+    metadata = _chooser_metadata(form)
     view = View(type="modal", callback_id=CHOOSER_CALLBACK, private_metadata=metadata,
                 title=PlainTextObject(text=form.title), submit=PlainTextObject(text=form.submit),
                 close=PlainTextObject(text=form.close), blocks=[block])
     return view.to_dict()
+
+
+def _chooser_metadata(form: ChooseForm) -> str:
+    where = {"channel": form.channel, "ts": form.ts, "response_url": form.response_url}
+    if form.message is not None:
+        message = form.message
+        carried = json.dumps({**where, "message": {"user": message.user, "text": message.text,
+                                                   "thread_ts": message.thread_ts, "bot_id": message.bot_id}},
+                             ensure_ascii=False, separators=(",", ":"))
+        if len(carried) <= PRIVATE_METADATA:
+            return carried
+    return json.dumps(where, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ class Chosen:
     channel: str
     ts: str
     response_url: str | None
+    message: ChatMessage | None = None  # as the shortcut carried it; None when it did not fit: read it again
 
 
 def parse_choice(view: dict[str, Any]) -> Chosen | None:
@@ -96,4 +111,9 @@ def parse_choice(view: dict[str, Any]) -> Chosen | None:
     channel, ts = _str(metadata.get("channel")), _str(metadata.get("ts"))
     if channel is None or ts is None:
         return None
-    return Chosen(int(value), channel, ts, _str(metadata.get("response_url")))
+    carried = metadata.get("message")
+    message = None
+    if isinstance(carried, dict) and isinstance(carried.get("text"), str):
+        message = ChatMessage(channel=channel, ts=ts, user=_str(carried.get("user")), text=carried["text"],
+                              thread_ts=_str(carried.get("thread_ts")), bot_id=_str(carried.get("bot_id")))
+    return Chosen(int(value), channel, ts, _str(metadata.get("response_url")), message)

@@ -2,13 +2,17 @@
 shortcut (handlers/shortcuts.py) and for the submission of its chooser modal, registered here.
 
 The answer goes through the shortcut's response_url (ephemeral), once the event is stored; its permalink is
-asked of Slack in the same job and kept in the event. The chooser closes at once: what the choice leads to is
-checked and done afterwards (access asked of Slack if need be, the message read again, then stored).
+asked of Slack in the same job and kept in the event. The chooser's choice is stored before the chooser closes
+when it can be: the chooser carries the message as the shortcut did, and the person's access is known here. When
+either is missing (a message too long to carry, access to ask of Slack) the chooser closes at once and the rest is
+done afterwards (access asked of Slack if need be, the message read again, then stored).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
@@ -79,6 +83,26 @@ def _chosen(ctx: Context, asker: access.Asker, incident_id: int) -> Incident | N
         return add_to_timeline.may_add(session, asker, incident_id)
 
 
+def chosen_before_the_ack(ctx: Context, chosen: blocks.Chosen, user_id: str) -> Callable[[], None]:
+    """Stores the choice now when nothing needs Slack (the message carried, access known here); what is left for
+    after the ack: the confirmation, a refusal, or all of it (add_chosen)."""
+    respond = Respond(response_url=chosen.response_url) if chosen.response_url else None
+    if chosen.message is None:
+        return partial(add_chosen, ctx, chosen, user_id)
+    try:
+        incident = _chosen(ctx, access.asker(ctx, user_id, chosen.channel), chosen.incident_id)
+    except access.AccessPending:
+        return partial(add_chosen, ctx, chosen, user_id)
+    except UsageError as refused:
+        return partial(answer_person, respond, ctx.say("incident.error", code=refused.code, params=refused.params))
+    except SQLAlchemyError:
+        outage_log.error(log, "database unavailable while checking a chosen incident")
+        return partial(answer_person, respond, ctx.say("incident.error", code="database_unavailable", params={}))
+    if incident is None:
+        return partial(answer_person, respond, ctx.say("timeline_add.gone"))
+    return partial(confirm, ctx, store(ctx, incident.id, chosen.message, user_id), chosen.message, respond)
+
+
 def add_chosen(ctx: Context, chosen: blocks.Chosen, user_id: str) -> None:
     respond = Respond(response_url=chosen.response_url) if chosen.response_url else None
     asker = access.asker(ctx, user_id, chosen.channel)
@@ -112,7 +136,10 @@ def register(app: App, ctx: Context) -> None:
         chosen = blocks.parse_choice(view)
         user: dict[str, Any] = body["user"] if isinstance(body.get("user"), dict) else {}
         user_id = user.get("id")
+        if chosen is None or not isinstance(user_id, str) or not user_id:
+            ack()
+            return
+        after = chosen_before_the_ack(ctx, chosen, user_id)
         ack()  # closes the chooser; the answer follows through the shortcut's response_url
-        if chosen is not None and isinstance(user_id, str) and user_id:
-            with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
-                ctx.jobs.submit(add_chosen, ctx, chosen, user_id)
+        with ctx.jobs.held_until(context.get(ACK_WRITTEN)):
+            ctx.jobs.submit(after)
