@@ -86,25 +86,22 @@ def _chosen(ctx: Context, asker: access.Asker, incident_id: int) -> Incident | N
 def chosen_before_the_ack(ctx: Context, chosen: blocks.Chosen, user_id: str) -> Callable[[], None]:
     """Stores the choice now when nothing needs Slack (the message carried, access known here); what is left for
     after the ack: the confirmation, a refusal, or all of it (add_chosen)."""
-    respond = Respond(response_url=chosen.response_url) if chosen.response_url else None
     if chosen.message is None:
         return partial(add_chosen, ctx, chosen, user_id)
+    respond = _respond(chosen)
     try:
         incident = _chosen(ctx, access.asker(ctx, user_id, chosen.channel), chosen.incident_id)
     except access.AccessPending:
         return partial(add_chosen, ctx, chosen, user_id)
-    except UsageError as refused:
-        return partial(answer_person, respond, ctx.say("incident.error", code=refused.code, params=refused.params))
-    except SQLAlchemyError:
-        outage_log.error(log, "database unavailable while checking a chosen incident")
-        return partial(answer_person, respond, ctx.say("incident.error", code="database_unavailable", params={}))
+    except (UsageError, SQLAlchemyError) as error:
+        return partial(answer_person, respond, _not_added(ctx, error))
     if incident is None:
         return partial(answer_person, respond, ctx.say("timeline_add.gone"))
     return partial(confirm, ctx, store(ctx, incident.id, chosen.message, user_id), chosen.message, respond)
 
 
 def add_chosen(ctx: Context, chosen: blocks.Chosen, user_id: str) -> None:
-    respond = Respond(response_url=chosen.response_url) if chosen.response_url else None
+    respond = _respond(chosen)
     asker = access.asker(ctx, user_id, chosen.channel)
     try:
         try:
@@ -113,20 +110,30 @@ def add_chosen(ctx: Context, chosen: blocks.Chosen, user_id: str) -> None:
             access.look_up(ctx, pending)
             incident = _chosen(ctx, asker, chosen.incident_id)
         message = ctx.messenger.fetch_message(chosen.channel, chosen.ts) if incident is not None else None
-    except UsageError as refused:
-        answer_person(respond, ctx.say("incident.error", code=refused.code, params=refused.params))
-        return
-    except (access.AccessPending, MessengerError) as error:
-        reason = error.kind if isinstance(error, MessengerError) else "expired"
-        answer_person(respond, ctx.say("timeline_add.failed", reason=reason))
-        return
-    except SQLAlchemyError:
-        answer_person(respond, ctx.say("incident.error", code="database_unavailable", params={}))
+    except (UsageError, access.AccessPending, MessengerError, SQLAlchemyError) as error:
+        answer_person(respond, _not_added(ctx, error))
         return
     if incident is None or message is None:
         answer_person(respond, ctx.say("timeline_add.gone"))
         return
     confirm(ctx, store(ctx, incident.id, message, user_id), message, respond)
+
+
+def _respond(chosen: blocks.Chosen) -> Respond | None:
+    return Respond(response_url=chosen.response_url) if chosen.response_url else None
+
+
+def _not_added(ctx: Context,
+               error: UsageError | access.AccessPending | MessengerError | SQLAlchemyError) -> str:
+    """What the person is told when the choice could not be checked or the message read."""
+    if isinstance(error, UsageError):
+        return ctx.say("incident.error", code=error.code, params=error.params)
+    if isinstance(error, MessengerError):
+        return ctx.say("timeline_add.failed", reason=error.kind)
+    if isinstance(error, access.AccessPending):
+        return ctx.say("timeline_add.failed", reason="expired")
+    outage_log.error(log, "database unavailable while checking a chosen incident")
+    return ctx.say("incident.error", code="database_unavailable", params={})
 
 
 def register(app: App, ctx: Context) -> None:
