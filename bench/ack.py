@@ -258,10 +258,10 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
                     ratio = percentile(values, 99) / percentile(results[(rate, "bare", kind)], 99)
                     ok = ok and ratio <= TARGET
                     verdict = f"{ratio:.2f}× {'within' if ratio <= TARGET else 'OVER'} {TARGET}×"
-                per_request = cpu.get((rate, name, kind))
+                per_request = cpu_ms_per_request(results, cpu, (rate, name, kind))
                 line += f"{verdict:<21}"
                 if per_request is not None:
-                    line += f" {per_request / len(values) * 1000:.1f}"
+                    line += f" {per_request:.1f}"
                 print(line)
     if "open" in kinds:
         for line in open_cpu_verdicts(rates, results, cpu):
@@ -275,16 +275,21 @@ def run(args: argparse.Namespace, rates: list[float], kinds: list[str], server_u
     return 0 if ok and exact else 1
 
 
-def open_cpu_verdicts(rates: list[float], results: dict[tuple[float, str, str], list[float]],
-                      cpu: dict[tuple[float, str, str], float]) -> list[str]:
-    """Serve's CPU per open against the absolute target and, when the floor ran, against the floor."""
-    def per_open(rate: float, name: str) -> float | None:
-        total = cpu.get((rate, name, "open"))
-        return None if total is None else total / len(results[(rate, name, "open")]) * 1000
+Key = tuple[float, str, str]  # (rate, app, kind)
 
+
+def cpu_ms_per_request(results: dict[Key, list[float]], cpu: dict[Key, float], key: Key) -> float | None:
+    """The app's CPU over a batch, in ms per request of it; None where it could not be read."""
+    total = cpu.get(key)
+    return None if total is None else total / len(results[key]) * 1000
+
+
+def open_cpu_verdicts(rates: list[float], results: dict[Key, list[float]], cpu: dict[Key, float]) -> list[str]:
+    """Serve's CPU per open against the absolute target and, when the floor ran, against the floor."""
     lines = []
     for rate in rates:
-        serve, floor = per_open(rate, "serve"), per_open(rate, "floor")
+        serve = cpu_ms_per_request(results, cpu, (rate, "serve", "open"))
+        floor = cpu_ms_per_request(results, cpu, (rate, "floor", "open"))
         if serve is None:
             continue
         met = "met" if serve <= OPEN_CPU_TARGET_MS else "NOT met"
